@@ -1,0 +1,74 @@
+"""Saving a model state as a Hub-loadable folder, and ``hfcompress.load`` for any such folder.
+
+``config.json`` carries an ``"hfcompress"`` block: the format, the technique that can load it
+(``loader``) and what the techniques recorded (``info``). Plain PyTorch folders need no loader:
+the transformers Auto class for the task restores them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+from .plugin import ModelState
+
+CONFIG_KEY = "hfcompress"
+
+
+def save_state(state: ModelState, path: Path) -> None:
+    """Write weights, config and tokenizer of ``state`` into ``path`` (created)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if state.saver is not None:
+        state.saver(state, path)
+    else:
+        state.model.save_pretrained(path)
+    if state.tokenizer is not None:
+        state.tokenizer.save_pretrained(path)
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config[CONFIG_KEY] = {"format": state.format, "loader": state.loader, "task": state.task, "info": state.info}
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise BadInputError(f"{path}: no config.json; give an hfcompress output folder or a Hugging Face model folder")
+    return dict(json.loads(config_file.read_text()).get(CONFIG_KEY) or {})
+
+
+def load_state(path: str | Path, task: str | None = None) -> ModelState:
+    """Load an output folder (or any HF model folder / Hub id) as a :class:`ModelState`."""
+    from .models import infer_task, load_config, load_model, resolve_model
+
+    folder = Path(path)
+    if folder.is_dir():
+        marker = read_marker(folder)
+        if marker.get("loader"):
+            from .registry import get_registry
+
+            technique_cls = get_registry().technique(marker["loader"]).__class__
+            state: ModelState = technique_cls.load_artifact(folder, marker)
+            return state
+        if marker.get("task") and task is None:
+            task = marker["task"]
+    source = resolve_model(str(path))
+    return load_model(source, infer_task(load_config(source), task))
+
+
+def load(path: str | Path, task: str | None = None) -> Any:
+    """Load a compressed model folder (or any model) ready for inference, whatever its format.
+
+    Returns the model object: a transformers model for PyTorch formats, an ONNX Runtime-backed
+    callable with the same call signature for ONNX. The tokenizer is on ``.tokenizer`` of the
+    returned state; use :func:`load_state` to get both.
+    """
+    state = load_state(path, task)
+    model = state.model
+    try:
+        model.hfcompress_tokenizer = state.tokenizer
+    except Exception:  # objects that refuse attributes still load fine
+        pass
+    return model

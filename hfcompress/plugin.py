@@ -1,0 +1,230 @@
+"""The public plugin API: everything a technique, evaluator or data-source plugin needs.
+
+Built-in plugins (``plugins/``) import only from here, which proves this surface is enough
+for third-party authors. Nothing here imports torch or transformers at import time, so that
+``hfcompress plugins`` and ``hfcompress --help`` stay fast; plugins follow the same rule and
+import heavy libraries inside their methods.
+
+Stability: names exported in ``__all__`` follow semantic versioning from 1.0; before that,
+breaking changes are announced in the changelog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import BadInputError, GateFailedError, HfCompressError
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+    from accelerate import Accelerator
+
+__all__ = [
+    "TASKS",
+    "BadInputError",
+    "DataSource",
+    "EvalContext",
+    "EvalSettings",
+    "Evaluator",
+    "GateFailedError",
+    "HfCompressError",
+    "ModelState",
+    "ModelTarget",
+    "StepContext",
+    "StepResult",
+    "Technique",
+    "TechniqueConfig",
+    "hookimpl",
+]
+
+Task = Literal["feature-extraction", "text-classification", "text-generation"]
+TASKS: tuple[str, ...] = ("feature-extraction", "text-classification", "text-generation")
+
+
+class TechniqueConfig(BaseModel):
+    """Base for technique configs: typed, validated, and a misspelled field is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=TechniqueConfig)
+
+
+@dataclass
+class ModelTarget:
+    """What ``check`` sees: the model's config and task, before any weights are loaded."""
+
+    config: Any  # transformers.PretrainedConfig
+    task: str
+    format: str = "pytorch"
+    has_labels: bool = False
+    has_data: bool = False
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.config, "model_type", "unknown"))
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.config, "architectures", None) or [self.model_type]
+        return str(archs[0])
+
+
+@dataclass
+class ModelState:
+    """The current model as it flows through the pipeline.
+
+    ``model`` is called like a transformers model (``model(input_ids=..., attention_mask=...)``)
+    and returns an object with ``last_hidden_state`` (feature-extraction) or ``logits``; an ONNX
+    model is wrapped to behave the same way. ``format`` only moves forward (pytorch first).
+
+    ``saver`` writes the weights/config/modeling files into a folder (``None``: transformers
+    ``save_pretrained``); ``loader`` names the technique whose ``load_artifact`` restores it
+    (``None``: the transformers Auto class). ``info`` is recorded under ``"hfcompress"`` in
+    ``config.json`` (for example which heads were pruned).
+    """
+
+    model: Any
+    tokenizer: Any
+    task: str
+    format: str = "pytorch"
+    saver: Callable[[ModelState, Path], None] | None = None
+    loader: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+
+@dataclass
+class StepContext:
+    """What a technique's ``apply`` gets besides the model and its config."""
+
+    teacher: Callable[[], ModelState]
+    """Loads a fresh copy of the original (uncompressed) model: the default teacher."""
+    train_data: datasets.Dataset | None
+    """Training/calibration split (column ``text``, and ``label`` when labelled); never evaluation data."""
+    accelerator: Accelerator
+    seed: int
+    work_dir: Path
+    """Scratch space for this step (checkpoints, exports); never pushed."""
+    step_index: int = 0
+    model_id: str = ""
+
+    @property
+    def device(self) -> Any:
+        return self.accelerator.device
+
+
+@dataclass
+class StepResult:
+    """What ``apply`` returns: the next state and a JSON-able report of what changed."""
+
+    state: ModelState
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+class Technique(Generic[ConfigT]):
+    """A compression technique. Subclass, set ``name``/``summary``/``Config``, implement ``apply``.
+
+    ``check`` must reject an incompatible model or config *before* any work, raising
+    :class:`BadInputError` with a message that says what is supported.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+    accepts_formats: ClassVar[tuple[str, ...]] = ("pytorch",)
+
+    def output_format(self, config: ConfigT) -> str:
+        """The format ``apply`` produces; ``"pytorch"`` unless overridden."""
+        return "pytorch"
+
+    def data_requirement(self, config: ConfigT) -> Literal["none", "text", "labels"]:
+        """Whether ``apply`` needs training/calibration data (and labels)."""
+        return "none"
+
+    def check(self, config: ConfigT, target: ModelTarget) -> None:
+        """Raise :class:`BadInputError` when this model/config cannot work. Default: accept."""
+
+    def apply(self, state: ModelState, config: ConfigT, ctx: StepContext) -> StepResult:
+        raise NotImplementedError
+
+    @classmethod
+    def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
+        """Restore a saved output folder whose ``config.json`` names this technique as loader."""
+        raise NotImplementedError(f"technique {cls.name!r} does not define load_artifact")
+
+
+class EvalSettings(BaseModel):
+    """How evaluation runs; identical for base and compressed models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = 8
+    sequence_length: int = 128
+    threads: int = 1
+    warmup: int = 2
+    repeats: int = 10
+    max_samples: int = 512
+    evaluators: list[str] | None = None
+    """Evaluator names to run (default: every registered evaluator that applies)."""
+    metrics: list[str] = []
+    """Extra `evaluate` metric names or local paths, for users online or with local modules."""
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator gets: the model, the held-out data, settings, and the base's run."""
+
+    state: ModelState
+    data: datasets.Dataset | None
+    settings: EvalSettings
+    artifact_dir: Path | None = None
+    """The saved folder (for sizes on disk); None for the in-memory base model."""
+    reference: EvalContext | None = None
+    """The base model's context when evaluating the compressed model, else None."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Shared between evaluators of one model: computed outputs, so the model runs once."""
+
+    @property
+    def is_base(self) -> bool:
+        return self.reference is None
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Tokenized evaluation batches (padded to ``sequence_length``), the same for every model."""
+        from .runner import eval_batches
+
+        return eval_batches(self)
+
+
+class Evaluator:
+    """Measures one aspect of a model. Return ``{metric_name: value}``; empty when not applicable."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    def applies_to(self, ctx: EvalContext) -> bool:
+        return True
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class DataSource:
+    """A built-in data source addressed as ``<name>:<subset>`` in a data spec."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    subsets: ClassVar[tuple[str, ...]] = ()
+
+    def load(self, subset: str) -> datasets.Dataset:
+        """Return a dataset with a ``text`` column (and ``label`` when labelled)."""
+        raise NotImplementedError
