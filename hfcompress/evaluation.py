@@ -33,7 +33,7 @@ def evaluate_state(
     from .registry import get_registry
 
     registry = get_registry()
-    names = settings.evaluators or sorted(registry.evaluators)
+    names = sorted(registry.evaluators) if settings.evaluators is None else settings.evaluators
     ctx = EvalContext(state=state, data=data, settings=settings, artifact_dir=artifact_dir, reference=reference)
     metrics: dict[str, Any] = {}
     with fixed_threads(settings.threads):

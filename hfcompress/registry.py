@@ -8,8 +8,10 @@ distribution names) blocks plugins, like pytest's ``-p no:NAME``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -185,3 +187,20 @@ def get_registry(reload: bool = False) -> Registry:
     if _REGISTRY is None or reload:
         _REGISTRY = build_registry()
     return _REGISTRY
+
+
+@contextlib.contextmanager
+def extra_plugins(*modules: Any, distribution: str = "__main__") -> Iterator[Registry]:
+    """Use entry-point plugins plus ``modules`` (objects with hook functions) inside the block.
+
+    For notebooks and tests that define a technique without packaging it.
+    """
+    global _REGISTRY
+    saved = _REGISTRY
+    extra = [(m, PluginInfo(name=getattr(m, "__name__", repr(m)), distribution=distribution, version="0"))
+             for m in modules]
+    _REGISTRY = build_registry(extra)
+    try:
+        yield _REGISTRY
+    finally:
+        _REGISTRY = saved

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .plugin import EvalContext, EvalSettings, ModelState
+    from .plugin import EvalContext, ModelState
 
 
 def eval_texts(ctx: EvalContext) -> list[str]:
