@@ -61,14 +61,8 @@ def load_state(path: str | Path, task: str | None = None) -> ModelState:
 def load(path: str | Path, task: str | None = None) -> Any:
     """Load a compressed model folder (or any model) ready for inference, whatever its format.
 
-    Returns the model object: a transformers model for PyTorch formats, an ONNX Runtime-backed
-    callable with the same call signature for ONNX. The tokenizer is on ``.tokenizer`` of the
-    returned state; use :func:`load_state` to get both.
+    Returns the model: a transformers model for PyTorch formats (pruned, bf16, quanto), an
+    ONNX Runtime-backed object with the same call signature for ONNX. The tokenizer files are in
+    the folder: ``AutoTokenizer.from_pretrained(path)``. :func:`load_state` returns both.
     """
-    state = load_state(path, task)
-    model = state.model
-    try:
-        model.hfcompress_tokenizer = state.tokenizer
-    except Exception:  # objects that refuse attributes still load fine
-        pass
-    return model
+    return load_state(path, task).model
