@@ -181,5 +181,5 @@ def load_data(cfg: DataConfig) -> DataSplits:
         for text in part["text"]:
             digest.update(text.encode("utf-8") + b"\0")
         if "label" in part.column_names:
-            digest.update(repr(part["label"]).encode())
+            digest.update(repr(list(part["label"])).encode())
     return DataSplits(train=train, eval=evl, fingerprint=digest.hexdigest()[:16])
