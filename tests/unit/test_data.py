@@ -66,6 +66,6 @@ def test_bad_specs_fail_before_loading(tmp_path: Path) -> None:
 def test_vader_movie_is_real_and_labelled(hf_cache: str) -> None:
     splits = load_data(DataConfig(source="vader:movie"))
     assert len(splits.train) + len(splits.eval) == 10605  # movieReviewSnippets_GroundTruth.txt
-    labels = splits.train["label"] + splits.eval["label"]
+    labels = list(splits.train["label"]) + list(splits.eval["label"])
     assert 0.4 < sum(labels) / len(labels) < 0.6
     assert not set(splits.train["text"]) & set(splits.eval["text"])
