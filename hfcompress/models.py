@@ -54,6 +54,15 @@ def _smollm2_folder() -> Path:
     gguf = next(pkg.glob("*.gguf"))
     tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=gguf.name)
+    # transformers 5 dequantizes these GGUF tensors into plain nn.Linear weights but keeps the GGUF
+    # quantizer attached, and save_pretrained then refuses ("quantized with gguf and is not
+    # serializable"). The weights are ordinary floats, so detach the quantizer before saving.
+    packed = [n for n, m in model.named_modules() if "Gguf" in type(m).__name__]
+    if packed:
+        raise BadInputError(f"builtin:SmolLM2-135M: GGUF weights stayed packed ({packed[0]}); cannot convert")
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
