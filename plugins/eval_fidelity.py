@@ -1,0 +1,81 @@
+"""Evaluator ``fidelity``: how closely the compressed model reproduces the base model.
+
+- feature-extraction: cosine similarity of mean-pooled embeddings, per sample
+  (``fidelity_cosine_mean``, ``fidelity_cosine_min``);
+- text-classification: top-1 agreement of the predicted class and KL(base || compressed) of the
+  class distributions (``fidelity_top1_agreement``, ``fidelity_kl``, mean per sample);
+- text-generation: the same two over the next-token distribution at every real token
+  position (token-weighted means). The base runs in lockstep with the compressed model, batch
+  by batch, so full-vocabulary logits are never kept for all samples.
+
+It applies only to the compressed model (the base is the reference). Select it in a recipe:
+
+    evaluate:
+      evaluators: [fidelity, task-metrics, speed, size]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hfcompress.plugin import EvalContext, Evaluator, hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class Fidelity(Evaluator):
+    name = "fidelity"
+    summary = "Agreement with the base model: embedding cosine, top-1 agreement, KL(base||compressed)"
+
+    def applies_to(self, ctx: EvalContext) -> bool:
+        return ctx.reference is not None and ctx.data is not None and len(ctx.data) > 0
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        from hfcompress.evaluation import collect_outputs
+
+        assert ctx.reference is not None
+        task = ctx.state.task
+        if task == "text-generation":
+            sums = collect_outputs(ctx, lockstep=True).lockstep
+            assert sums is not None
+            positions = sum(sums["positions"])
+            if positions == 0:
+                return {}
+            return {
+                "fidelity_top1_agreement": sum(sums["agree"]) / positions,
+                "fidelity_kl": sum(sums["kl"]) / positions,
+            }
+        mine = collect_outputs(ctx).vectors
+        base = collect_outputs(ctx.reference).vectors
+        assert mine is not None and base is not None
+        if mine.shape != base.shape:
+            raise ValueError(
+                f"base outputs {tuple(base.shape)} and compressed outputs {tuple(mine.shape)} differ in shape; "
+                "fidelity needs the same embedding size or label set"
+            )
+        if task == "feature-extraction":
+            return _cosine(base, mine)
+        return _classification(base, mine)
+
+
+def _cosine(base: torch.Tensor, mine: torch.Tensor) -> dict[str, float]:
+    import torch
+
+    cos = torch.nn.functional.cosine_similarity(base.double(), mine.double(), dim=-1)
+    return {"fidelity_cosine_mean": float(cos.mean()), "fidelity_cosine_min": float(cos.min())}
+
+
+def _classification(base: torch.Tensor, mine: torch.Tensor) -> dict[str, float]:
+    import torch
+
+    base_logp = torch.log_softmax(base.double(), dim=-1)
+    logp = torch.log_softmax(mine.double(), dim=-1)
+    kl = (base_logp.exp() * (base_logp - logp)).sum(-1).clamp(min=0.0)
+    agree = (base.argmax(-1) == mine.argmax(-1)).double()
+    return {"fidelity_top1_agreement": float(agree.mean()), "fidelity_kl": float(kl.mean())}
+
+
+@hookimpl
+def hfcompress_register_evaluators(register):  # type: ignore[no-untyped-def]
+    register(Fidelity)
