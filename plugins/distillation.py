@@ -581,6 +581,7 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
     labels_all = [int(x) for x in data["label"]] if (has_labels and losses.ce > 0 and task != "text-generation") else None
 
     teacher = _load_model_state(config.teacher, task) if config.teacher else ctx.teacher()
+    torch.manual_seed(_derived_seed(seed, -2))  # a student built from a config starts the same on every rank
     student_state, student_info = _build_student(state, config, teacher)
     student = student_state.model
     tokenizer = student_state.tokenizer or teacher.tokenizer
@@ -693,15 +694,22 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
     ckpt_root = Path(ctx.work_dir) / CHECKPOINT_DIR
     fingerprint = _fingerprint(config, module, len(texts), world)
     start_step, history, step_times = 0, [], []
-    resumed_from = None
+    resumed_from, pending = None, []
     if config.resume:
-        found = _last_checkpoint(ckpt_root, fingerprint)
+        # The main process decides and every rank follows, so ranks can never disagree on where to start.
+        from accelerate.utils import broadcast_object_list
+
+        choice = [str(_last_checkpoint(ckpt_root, fingerprint) or "") if accelerator.is_main_process else ""]
+        if world > 1:
+            broadcast_object_list(choice, from_process=0)
+        found = Path(choice[0]) if choice[0] else None
         if found is not None:
             module.load_state_dict(torch.load(found / "model.pt", map_location=device))
             optimizer.load_state_dict(torch.load(found / "optimizer.pt", map_location=device))
             scheduler.load_state_dict(torch.load(found / "scheduler.pt"))
             saved = json.loads((found / "trainer_state.json").read_text())
             start_step, history, step_times = saved["step"], saved["loss_history"], saved["step_seconds"]
+            pending = saved["pending_losses"]
             resumed_from = start_step
     accelerator.wait_for_everyone()  # nobody reads a checkpoint that the main process is replacing
 
@@ -709,7 +717,8 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
     progress = tqdm(total=total_steps, initial=start_step, desc="distillation",
                     disable=not (config.progress_bar and accelerator.is_main_process))
     first_loss: float | None = history[0][1] if history else None
-    window: list[torch.Tensor] = []
+    # Per-step losses not yet logged (kept in checkpoints so a resumed history matches exactly).
+    window: list[torch.Tensor] = [torch.tensor(v, device=device) for v in pending]
     try:
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
             for step in range(start_step, total_steps):
@@ -746,11 +755,15 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
                 if on_step is not None:
                     on_step(done, float(step_loss))
                 if config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps:
+                    if window and world > 1:  # averaging is linear: reducing now changes no logged value
+                        window = list(accelerator.reduce(torch.stack(window), reduction="mean"))
                     if accelerator.is_main_process:
                         _save_checkpoint(ckpt_root, done, accelerator.unwrap_model(prepared_module),
                                          optimizer, scheduler,
                                          {"step": done, "fingerprint": fingerprint, "loss_history": history,
-                                          "step_seconds": step_times}, config.keep_checkpoints)
+                                          "step_seconds": step_times,
+                                          "pending_losses": [float(v) for v in window]},
+                                         config.keep_checkpoints)
                     accelerator.wait_for_everyone()
     finally:
         progress.close()
