@@ -74,7 +74,6 @@ NARROW = {"config": {"hidden_size": 16, "num_attention_heads": 2, "intermediate_
 
 def test_loss_functions_are_zero_on_identical_inputs_and_positive_otherwise() -> None:
     import torch
-
     from hfcompress_plugins.distillation import attention_loss, cosine_loss, hidden_mse_loss, kl_loss
 
     torch.manual_seed(0)
@@ -128,9 +127,8 @@ def test_default_losses_per_task() -> None:
 
 
 def test_config_is_strict() -> None:
-    from pydantic import ValidationError
-
     from hfcompress_plugins.distillation import DistillationConfig
+    from pydantic import ValidationError
 
     assert DistillationConfig().max_steps == 200
     assert DistillationConfig(epochs=1.0).max_steps is None
@@ -149,13 +147,12 @@ def test_config_is_strict() -> None:
 
 def test_student_from_layers_copies_the_kept_blocks(tiny_bert_dir: Path, tiny_llama_dir: Path) -> None:
     import torch
-
     from hfcompress_plugins.distillation import student_from_layers
 
     teacher = _loader(tiny_bert_dir, "feature-extraction")().model
     student = student_from_layers(teacher, [1])
     assert student.config.num_hidden_layers == 1 and len(student.encoder.layer) == 1
-    for (name, p), q in zip(student.encoder.layer[0].named_parameters(), teacher.encoder.layer[1].parameters()):
+    for (name, p), q in zip(student.encoder.layer[0].named_parameters(), teacher.encoder.layer[1].parameters(), strict=True):
         assert torch.equal(p, q), name
     assert student.encoder.layer[0].attention.self.query.weight.data_ptr() != \
         teacher.encoder.layer[1].attention.self.query.weight.data_ptr()  # a copy, not shared
@@ -241,7 +238,6 @@ def test_kl_and_next_token_ce_on_a_causal_lm(tiny_llama_dir, accelerator, tmp_pa
 def test_gradient_accumulation_matches_one_big_batch(tiny_bert_dir, accelerator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """2 micro-batches of 4 see the same samples as one batch of 8; a per-sample loss without
     dropout must then give the same weights (up to float summation order)."""
-    import torch
 
     load = _loader(tiny_bert_dir, "feature-extraction")
     kw = {"student": NARROW, "losses": {"cosine": 1.0}, "dropout": False, "max_steps": 4}
@@ -249,7 +245,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_bert_dir, accelerator,
     acc = _run(load(), _ctx(load, accelerator, tmp_path / "b"), batch_size=4, gradient_accumulation_steps=2, **kw)
     assert big.changes["global_batch_size"] == acc.changes["global_batch_size"] == 8
     diff = max((p - q).abs().max().item()
-               for p, q in zip(big.state.model.parameters(), acc.state.model.parameters()))
+               for p, q in zip(big.state.model.parameters(), acc.state.model.parameters(), strict=True))
     assert diff < 1e-5
     first, last = big.changes["loss_history"][0][1], big.changes["loss_history"][-1][1]
     assert last < first  # it trained at all
@@ -261,7 +257,6 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_bert_dir, accelerator,
 
 def test_resume_after_a_crash_gives_the_same_weights(tiny_bert_dir, accelerator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import torch
-
     from hfcompress_plugins.distillation import distill
 
     load = _loader(tiny_bert_dir, "feature-extraction")
@@ -284,7 +279,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_bert_dir, accelerator,
     resumed = _run(load(), ctx, **kw)
     assert resumed.changes["resumed_from_step"] == 3
     assert resumed.changes["loss_history"] == reference.changes["loss_history"]
-    for (name, p), q in zip(resumed.state.model.named_parameters(), reference.state.model.parameters()):
+    for (name, p), q in zip(resumed.state.model.named_parameters(), reference.state.model.parameters(), strict=True):
         assert torch.equal(p, q), name  # bitwise: per-step seeds and exact optimizer state
 
     # A changed config does not pick up the old checkpoint.
