@@ -186,9 +186,12 @@ def commit_text(folder: Path, commit_message: str | None) -> tuple[str, str]:
 
 
 def _folder_fingerprint(files: dict[str, LocalFile]) -> str:
+    """What verification depends on: every file but the card, which no loader reads (so a card-only
+    edit is not re-verified within one process)."""
     digest = hashlib.sha256()
     for path, f in sorted(files.items()):
-        digest.update(f"{path}\0{f.git_sha1}\n".encode())
+        if path != "README.md":
+            digest.update(f"{path}\0{f.git_sha1}\n".encode())
     return digest.hexdigest()
 
 
@@ -515,8 +518,9 @@ def push_to_hub(
     ``revision``: the branch to push to (created from ``main`` when missing). ``create_pr``: open a
     pull request against that branch instead of committing to it. Returns a dict with ``repo_id``,
     ``repo_url``, ``revision``, ``commit_id`` and ``commit_url`` (``None`` when nothing changed),
-    ``pr_url``, ``created_repo``, ``created_branch``, ``uploaded``, ``deleted``, ``unchanged``
-    (paths) and ``verification`` (the subprocess report, ``None`` when nothing had to be uploaded).
+    ``pr_url``, ``url`` (the PR when one was opened, else the repo), ``created_repo``,
+    ``created_branch``, ``uploaded``, ``deleted``, ``unchanged`` (paths), ``commit_message`` and
+    ``verification`` (the subprocess report, ``None`` when nothing had to be uploaded).
     """
     secret = token or ""
     try:
@@ -567,6 +571,7 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, cr
         "repo_id": repo_id, "repo_url": f"{endpoint}/{repo_id}", "revision": branch, "commit_id": None,
         "commit_url": None, "pr_url": None, "created_repo": False, "created_branch": False, "uploaded": [],
         "deleted": [], "unchanged": [], "verification": None, "commit_message": title,
+        "url": f"{endpoint}/{repo_id}",
     }
 
     # 3. Read-only look at the remote: nothing to do means no verification, no commit, no PR.
@@ -588,7 +593,7 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, cr
             same = _pr_with_files(api, repo_id, prs_before, local)
             if same is not None:
                 log.info("pull request %s already has exactly these files: not opening another", same)
-                result["pr_url"] = f"{endpoint}/{repo_id}/discussions/{same.rsplit('/', 1)[1]}"
+                result["pr_url"] = result["url"] = f"{endpoint}/{repo_id}/discussions/{same.rsplit('/', 1)[1]}"
                 return result
 
     # 4. The folder must work before anything is published.
@@ -655,7 +660,8 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, cr
                         _describe(exc), waits[attempt], attempt + 2, len(waits) + 1)
             time.sleep(waits[attempt])
 
-    result.update(uploaded=plan.upload, deleted=plan.delete, unchanged=plan.unchanged)
+    result.update(uploaded=plan.upload, deleted=plan.delete, unchanged=plan.unchanged,
+                  url=result["pr_url"] or result["repo_url"])
     if result["commit_id"]:
         result["commit_url"] = f"{endpoint}/{repo_id}/commit/{result['commit_id']}"
         # Read back what the Hub now serves at the new commit: every local file, same content.
