@@ -287,7 +287,7 @@ def _value(block: dict[str, Any], name: str) -> Any:
 def compare_blocks(base: dict[str, Any], compressed: dict[str, Any]) -> dict[str, Any]:
     """Derived numbers for the card: per-metric change, speedup and size ratio (rounded like metrics).
 
-    ``change`` is compressed - base; ``relative_change`` divides it by |base|. ``speedup`` is
+    ``change`` is compressed - base; ``relative_change_pct`` is 100 * change / |base|. ``speedup`` is
     base latency / compressed latency; ``size_ratio`` compressed bytes / base bytes.
     """
     out: dict[str, Any] = {"metrics": {}}
@@ -300,7 +300,7 @@ def compare_blocks(base: dict[str, Any], compressed: dict[str, Any]) -> dict[str
             continue
         entry: dict[str, Any] = {"change": round_value(float(c) - float(b))}
         if b:
-            entry["relative_change"] = round_value((float(c) - float(b)) / abs(float(b)))
+            entry["relative_change_pct"] = round_value(100.0 * (float(c) - float(b)) / abs(float(b)))
         out["metrics"][name] = entry
     bl, cl = base.get("latency_ms"), compressed.get("latency_ms")
     if isinstance(bl, (int, float)) and isinstance(cl, (int, float)) and cl > 0:
