@@ -244,6 +244,7 @@ def student_from_layers(teacher: Any, layers: list[int]) -> Any:
             f"distillation student.layers: {bad} out of range for {type(teacher).__name__} with {n} layers; use 0..{n - 1}"
         )
     student = copy.deepcopy(teacher)
+    student.requires_grad_(True)  # the teacher may have been frozen already; the copy must train
     blocks = _layer_list(student)
     kept = nn.ModuleList([blocks[i] for i in layers])
     # Replace the ModuleList in its parent, whatever attribute name the architecture uses.
@@ -584,6 +585,10 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
     torch.manual_seed(_derived_seed(seed, -2))  # a student built from a config starts the same on every rank
     student_state, student_info = _build_student(state, config, teacher)
     student = student_state.model
+    if student is teacher.model:  # a teacher callable that hands back the live model: keep a frozen copy
+        import copy
+
+        teacher = ModelState(copy.deepcopy(teacher.model), teacher.tokenizer, teacher.task)
     tokenizer = student_state.tokenizer or teacher.tokenizer
     if student_state.tokenizer is not None and teacher.tokenizer is not None:
         probe_text = texts[0]

@@ -401,3 +401,33 @@ def test_registered_and_imports_no_torch_at_module_level() -> None:
     assert get_registry().technique("distillation").name == "distillation"
     code = "import sys, hfcompress_plugins.distillation; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- after head pruning (the default recipe's order) --------------------------------------------
+
+
+def test_distilling_a_head_pruned_model_keeps_its_saver_and_round_trips(tiny_bert_dir, accelerator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from hfcompress.artifact import load_state, save_state
+    from hfcompress.registry import get_registry
+
+    load = _loader(tiny_bert_dir, "feature-extraction")
+    ctx = _ctx(load, accelerator, tmp_path)
+    pruning = get_registry().technique("head-pruning")
+    pruned = pruning.apply(load(), pruning.Config.model_validate(
+        {"ratio": 0.5, "ffn_ratio": 0.5, "importance": "magnitude"}), ctx).state
+
+    with pytest.raises(BadInputError, match="losses.attention"):
+        _run(pruned, ctx, losses={"attention": 1.0})  # head counts now differ from the teacher's
+
+    result = _run(pruned, ctx, max_steps=5)
+    out = result.state
+    assert out.model is pruned.model and out.loader == pruned.loader
+    assert out.info["head_pruning"] == pruned.info["head_pruning"]
+    assert result.changes["num_parameters_after"] == result.changes["num_parameters_before"]
+    save_state(out, tmp_path / "out")
+    again = load_state(tmp_path / "out")
+    batch = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        assert torch.allclose(out.model(**batch).last_hidden_state, again.model(**batch).last_hidden_state, atol=1e-6)
