@@ -47,21 +47,21 @@ METRIC_LABELS = {
     "size_bytes": "Size on disk (bytes)",
     "num_parameters": "Parameters",
     "latency_ms": "Latency, median (ms)",
-    "latency_p95_ms": "Latency, p95 (ms)",
-    "throughput_samples_per_s": "Throughput (samples/s)",
-    "weights_bytes": "Weight files (bytes)",
-    "peak_memory_load_mb": "Peak memory while loading (MB RSS)",
-    "peak_memory_mb": "Peak memory, load + run (MB RSS)",
-    "fidelity_cosine_mean": "Fidelity: embedding cosine, mean",
-    "fidelity_cosine_min": "Fidelity: embedding cosine, min",
-    "fidelity_top1_agreement": "Fidelity: top-1 agreement",
-    "fidelity_kl": "Fidelity: KL(base || compressed)",
     "accuracy": "Accuracy",
     "f1": "F1",
     "f1_macro": "F1 (macro)",
     "probe_accuracy": "Embedding probe accuracy",
     "probe_f1": "Embedding probe F1",
     "perplexity": "Perplexity",
+    "fidelity_cosine_mean": "Fidelity: embedding cosine, mean",
+    "fidelity_cosine_min": "Fidelity: embedding cosine, min",
+    "fidelity_top1_agreement": "Fidelity: top-1 agreement",
+    "fidelity_kl": "Fidelity: KL(base ‖ compressed)",  # not "||": a pipe would split the table cell
+    "latency_p95_ms": "Latency, p95 (ms)",
+    "throughput_samples_per_s": "Throughput (samples/s)",
+    "weights_bytes": "Weight files (bytes)",
+    "peak_memory_load_mb": "Peak memory while loading (MB RSS)",
+    "peak_memory_mb": "Peak memory, load + run (MB RSS)",
 }
 SETTING_LABELS = {
     "eval_samples": "held-out samples evaluated",
@@ -255,7 +255,8 @@ def _comparison_table(base: dict[str, Any], comp: dict[str, Any], comparison: di
                 change += " better" if better else " worse"
         elif b is None and name.startswith("fidelity_"):
             change = "vs base"
-        rows.append(f"| {_metric_label(name)} | {fmt(b)} | {fmt(c)} | {change} |")
+        label = _metric_label(name).replace("|", "\\|")
+        rows.append(f"| {label} | {fmt(b)} | {fmt(c)} | {change} |")
     return rows
 
 

@@ -222,8 +222,9 @@ def test_size_equals_bytes_on_disk(tiny_bert_dir: Path) -> None:
 
 @pytest.mark.slow  # a second memory-measuring subprocess (~10 s)
 def test_size_of_an_in_memory_model_is_measured_from_a_saved_copy(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    from hfcompress.artifact import save_state
     from hfcompress_plugins.eval_size import Size, folder_bytes
+
+    from hfcompress.artifact import save_state
 
     state = load_state(tiny_bert_dir)
     got = Size().evaluate(EvalContext(state=state, data=_data(), settings=_settings("size")))
