@@ -181,10 +181,10 @@ def _resolve_mode(config: DistillationConfig, task: str, has_labels: bool) -> st
 def default_losses(task: str, mode: str) -> LossConfig:
     """Per-task defaults: what a user without a data scientist would want."""
     if task == "feature-extraction":
-        return LossConfig(cosine=1.0, hidden_mse=1.0)
+        return LossConfig.model_validate({"cosine": 1.0, "hidden_mse": 1.0})
     if task == "text-classification":
-        return LossConfig(kl=1.0, ce=1.0 if mode == "task-specific" else 0.0)
-    return LossConfig(kl=1.0)
+        return LossConfig.model_validate({"kl": 1.0, "ce": 1.0 if mode == "task-specific" else 0.0})
+    return LossConfig.model_validate({"kl": 1.0})
 
 
 def _losses(config: DistillationConfig, task: str, mode: str) -> LossConfig:
@@ -256,7 +256,7 @@ def student_from_layers(teacher: Any, layers: list[int]) -> Any:
     for new_index, block in enumerate(kept):
         for sub in block.modules():  # decoders key their KV cache by layer_idx
             if isinstance(getattr(sub, "layer_idx", None), int):
-                sub.layer_idx = new_index
+                setattr(sub, "layer_idx", new_index)  # noqa: B010 (typed as Tensor | Module by torch)
     student.config.num_hidden_layers = len(layers)
     layer_types = getattr(student.config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == n:
@@ -797,7 +797,7 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
         "losses": losses.active(),
         "temperature": losses.temperature if losses.kl > 0 else None,
         "layer_map": {str(k): v for k, v in layer_map.items()} if (losses.hidden_mse or losses.attention) else None,
-        "projections": sorted(module.projections.keys()),
+        "projections": sorted(getattr(module, "projections", {}).keys()),
         "num_parameters_before": params_before,
         "num_parameters_after": sum(p.numel() for p in student.parameters()),
         "steps": total_steps,
