@@ -1,0 +1,113 @@
+"""Evaluation orchestration: held-out data only, evaluate_path, blocks, comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hfcompress.evaluation as evaluation
+import hfcompress.runner as runner
+from hfcompress.data import DataConfig, load_data
+from hfcompress.errors import BadInputError, HfCompressError
+from hfcompress.evaluation import compare_blocks, evaluate_path, evaluate_state, higher_is_better, round_value
+from hfcompress.plugin import EvalSettings
+
+
+def _data_file(tmp_path: Path) -> Path:
+    rows = [{"text": f"sentence {i} is {'fine' if i % 3 else 'bad'}", "label": int(i % 3 > 0)} for i in range(80)]
+    rows += rows[:15]  # duplicates: a copy of a training text must not reach evaluation either
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_evaluation_sees_only_the_held_out_split(tiny_bert_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    data_file = _data_file(tmp_path)
+    seen: list[str] = []
+    original = runner.tokenize
+
+    def spy(state: Any, texts: list[str], sequence_length: int) -> dict[str, Any]:
+        seen.extend(texts)
+        return original(state, texts, sequence_length)
+
+    # every evaluator tokenizes through the runner; catch all of them
+    monkeypatch.setattr(runner, "tokenize", spy)
+    monkeypatch.setattr(evaluation, "tokenize", spy)
+    settings = EvalSettings(evaluators=["task-metrics", "speed"], batch_size=4, sequence_length=16, warmup=0, repeats=1)
+    result = evaluate_path(tiny_bert_dir, str(data_file), settings)
+
+    splits = load_data(DataConfig(source=str(data_file)))
+    train, held_out = set(splits.train["text"]), set(splits.eval["text"])
+    assert seen and set(seen) <= held_out
+    assert not set(seen) & train
+    assert set(seen) == held_out  # and all of it was evaluated
+    assert result["data"]["eval_samples"] == len(splits.eval)
+    assert result["model"]["metrics"]["eval_samples"] == len(splits.eval)
+
+
+def test_evaluate_path_returns_a_results_block(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    settings = EvalSettings(evaluators=["task-metrics", "speed"], batch_size=4, sequence_length=16, warmup=0, repeats=2)
+    result = evaluate_path(tiny_bert_dir, str(_data_file(tmp_path)), settings)
+    block = result["model"]
+    assert set(block) == {"size_bytes", "num_parameters", "latency_ms", "metrics"}
+    assert block["latency_ms"] > 0 and 0 <= block["metrics"]["probe_accuracy"] <= 1
+    assert result["task"] == "feature-extraction" and result["settings"]["batch_size"] == 4
+    assert result["environment"]["threads"] == 1
+    json.dumps(result)  # the CLI prints it as JSON
+
+
+def test_evaluate_path_uses_the_output_folders_recipe(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    data_file = _data_file(tmp_path)
+    (tiny_bert_dir / "hfcompress.yaml").write_text(
+        f"model: x\ndata: {{source: {data_file}}}\nevaluate: {{evaluators: [speed], batch_size: 2, repeats: 1, warmup: 0}}\n"
+    )
+    result = evaluate_path(tiny_bert_dir)
+    assert result["data"]["spec"]["source"] == str(data_file)
+    assert result["model"]["metrics"]["speed_batch_size"] == 2
+
+
+def test_evaluate_path_without_data_says_how_to_fix(tiny_bert_dir: Path) -> None:
+    with pytest.raises(BadInputError, match="--data SPEC"):
+        evaluate_path(tiny_bert_dir, None, EvalSettings())
+
+
+def test_unknown_extra_metric_fails_early_with_the_offline_ones(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    settings = EvalSettings(metrics=["no-such-metric-xyz"])
+    with pytest.raises(BadInputError, match="accuracy, f1"):
+        evaluate_path(tiny_bert_dir, str(_data_file(tmp_path)), settings)
+
+
+def test_a_failing_evaluator_is_named(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfcompress_plugins.eval_speed import Speed
+
+    from hfcompress.artifact import load_state
+
+    def broken(self: Any, ctx: Any) -> dict[str, float]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Speed, "evaluate", broken)
+    with pytest.raises(HfCompressError, match="evaluator 'speed' failed: RuntimeError: boom"):
+        evaluate_state(load_state(tiny_bert_dir), None, EvalSettings(evaluators=["speed"]))
+
+
+def test_compare_blocks() -> None:
+    base = {"size_bytes": 1000, "num_parameters": 10, "latency_ms": 8.0, "metrics": {"accuracy": 0.8, "eval_samples": 5}}
+    comp = {"size_bytes": 250, "num_parameters": 10, "latency_ms": 2.0,
+            "metrics": {"accuracy": 0.76, "fidelity_kl": 0.01, "eval_samples": 5}}
+    out = compare_blocks(base, comp)
+    assert out["speedup"] == 4 and out["size_ratio"] == 0.25
+    assert out["metrics"]["accuracy"] == {"change": -0.04, "relative_change_pct": -5}
+    assert out["metrics"]["size_bytes"]["change"] == -750
+    assert "eval_samples" not in out["metrics"] and "fidelity_kl" not in out["metrics"]
+
+
+def test_round_value_and_directions() -> None:
+    assert round_value(0.123456789) == 0.123457 and round_value(12345678.9) == 12345700
+    assert round_value(3.0) == 3 and isinstance(round_value(3.0), int) and round_value(7) == 7
+    assert higher_is_better("accuracy") and higher_is_better("fidelity_cosine_mean")
+    assert not higher_is_better("perplexity") and not higher_is_better("fidelity_kl")
+    assert not higher_is_better("latency_p95_ms") and not higher_is_better("size_bytes")
