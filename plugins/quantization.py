@@ -1,0 +1,648 @@
+"""Technique ``quantization``: narrower number formats for weights (and activations).
+
+Backends:
+
+- ``torch``: cast weights and activations to bf16 or fp16; stays a plain PyTorch checkpoint.
+- ``quanto`` (optimum-quanto): int8 / int4 / fp8 weights, optionally int8 / fp8 activations
+  calibrated on the recipe's training data; modules matching ``exclude`` patterns stay float.
+- ``onnxruntime``: ONNX export (logits-only, no KV cache, for causal LMs), ONNX Runtime's
+  transformer fusions where they measure faster, then dynamic int8 (default) or static int8
+  calibrated on data. The output folder holds ``model.onnx`` and runs in plain onnxruntime.
+- ``auto``: builds the candidates the target device supports, drops those whose outputs on
+  calibration data drift from the input model (cosine < ``min_cosine``, or top-1 agreement <
+  ``min_agreement`` for logits), times the rest on real batches with fixed threads, keeps the
+  fastest, and records every measurement in the step's ``changes``.
+
+Examples::
+
+    steps:
+      - quantization: {backend: auto}                       # measure, keep the fastest that passes
+      - quantization: {backend: onnxruntime}                # dynamic int8, per-channel
+      - quantization: {backend: onnxruntime, mode: static, calibration_method: percentile,
+                       op_types: [MatMul]}
+      - quantization: {backend: quanto, dtype: int4, exclude: [lm_head]}
+      - quantization: {backend: quanto, dtype: int8, activations: int8}
+      - quantization: {backend: torch, dtype: bf16}
+      - quantization: {backend: auto, candidates: [torch:bf16, onnxruntime:int8-dynamic], min_cosine: 0.99}
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from hfcompress.plugin import (
+    TASKS,
+    BadInputError,
+    ModelState,
+    ModelTarget,
+    StepContext,
+    StepResult,
+    Technique,
+    TechniqueConfig,
+    hookimpl,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "quanto", "onnxruntime", "torch"]
+DTYPES: dict[str, tuple[str, ...]] = {
+    "quanto": ("int8", "int4", "fp8"),
+    "onnxruntime": ("int8",),
+    "torch": ("bf16", "fp16"),
+}
+DEFAULT_DTYPE = {"quanto": "int8", "onnxruntime": "int8", "torch": "bf16"}
+# Formats only move forward; ``auto`` declares the furthest its candidates can reach.
+FORMAT_ORDER = ("pytorch", "quanto", "onnx")
+BACKEND_FORMAT = {"torch": "pytorch", "quanto": "quanto", "onnxruntime": "onnx"}
+
+# What ``backend: auto`` may try, by name (also the names in ``candidates``).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "torch:bf16": {"backend": "torch", "dtype": "bf16"},
+    "torch:fp16": {"backend": "torch", "dtype": "fp16"},
+    "onnxruntime:int8-dynamic": {"backend": "onnxruntime", "dtype": "int8", "mode": "dynamic"},
+    "onnxruntime:int8-static": {"backend": "onnxruntime", "dtype": "int8", "mode": "static"},
+    "quanto:int8": {"backend": "quanto", "dtype": "int8"},
+    "quanto:int4": {"backend": "quanto", "dtype": "int4"},
+    "quanto:fp8": {"backend": "quanto", "dtype": "fp8"},
+    "quanto:int8-a8": {"backend": "quanto", "dtype": "int8", "activations": "int8"},
+}
+# fp16 matmuls on CPU are emulated (slow); ONNX Runtime int8 and quanto kernels target CPU/CUDA resp.
+DEFAULT_CANDIDATES = {
+    "cpu": ["torch:bf16", "onnxruntime:int8-dynamic", "quanto:int8"],
+    "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
+}
+OP_TYPES = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization", "Conv", "Add", "Mul",
+            "Transpose", "Softmax", "LayerNormalization")
+# Used when no data is given (dynamic modes only): the fidelity check still runs on something.
+FALLBACK_TEXTS = [
+    "The movie was a delight from start to finish.",
+    "I would not recommend this product to anyone.",
+    "Stocks fell sharply after the announcement on Tuesday.",
+    "What a wonderful day to go for a walk in the park!",
+    "The service was slow and the food arrived cold.",
+    "Researchers published the results in a peer-reviewed journal.",
+    "Honestly, it was fine, nothing special.",
+    "Thanks for the quick reply, that solved my problem.",
+]
+
+
+class QuantizationConfig(TechniqueConfig):
+    backend: Backend = "auto"
+    """auto (measure and choose), quanto, onnxruntime or torch."""
+    dtype: Literal["int8", "int4", "fp8", "bf16", "fp16"] | None = None
+    """Weight type. quanto: int8 | int4 | fp8 (default int8); onnxruntime: int8; torch: bf16 | fp16
+    (default bf16). Not used with auto (see ``candidates``)."""
+    activations: Literal["none", "int8", "fp8"] = "none"
+    """quanto only: also quantize activations, with ranges calibrated on the training data."""
+    exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
+    """quanto only: module-name patterns (fnmatch) that stay in float, e.g. lm_head."""
+    mode: Literal["dynamic", "static"] = "dynamic"
+    """onnxruntime only: dynamic (activations quantized per batch) or static (calibrated on data)."""
+    per_channel: bool = True
+    """onnxruntime: one scale per output channel (kept MiniLM's cosine at 0.99)."""
+    reduce_range: bool = False
+    """onnxruntime: 7-bit weights, for CPUs without VNNI where 8-bit can saturate."""
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """onnxruntime static mode: how activation ranges are chosen."""
+    op_types: list[str] | None = None
+    """onnxruntime: operator types to quantize (default: onnxruntime's choice for the mode)."""
+    graph_optimization: Literal["auto", "bert-fusion", "none"] = "auto"
+    """onnxruntime: ONNX Runtime's BERT fusions; auto keeps them only when they time faster."""
+    opset: int = Field(17, ge=14, le=21)
+    calibration_samples: int = Field(64, gt=0, le=100_000)
+    """Training texts used to calibrate, to check fidelity and (auto) to time."""
+    sequence_length: int = Field(128, gt=0, le=8192)
+    batch_size: int = Field(8, gt=0, le=1024)
+    candidates: list[str] | None = None
+    """auto only: names from CANDIDATES to try (default depends on the device)."""
+    min_cosine: float = Field(0.98, gt=0.0, le=1.0)
+    """auto: drop candidates whose mean cosine to the input model's outputs is below this."""
+    min_agreement: float = Field(0.9, ge=0.0, le=1.0)
+    """auto: for logits (classification / causal LM), minimum top-1 agreement with the input model."""
+    threads: int = Field(1, gt=0, le=1024)
+    """auto: CPU threads while timing (PyTorch and ONNX Runtime alike)."""
+    timing_batches: int = Field(3, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizationConfig:
+        given = self.model_fields_set
+        backend = self.backend
+        if backend == "auto":
+            if self.dtype is not None:
+                raise ValueError(
+                    "dtype is chosen per candidate with backend auto; list candidates instead "
+                    f"(allowed: {', '.join(CANDIDATES)}) or pick a backend"
+                )
+            unknown = [c for c in self.candidates or [] if c not in CANDIDATES]
+            if unknown:
+                raise ValueError(f"candidates: unknown {unknown}; allowed: {', '.join(CANDIDATES)}")
+            if self.candidates is not None and not self.candidates:
+                raise ValueError(f"candidates: give at least one of {', '.join(CANDIDATES)}")
+        else:
+            if self.dtype is not None and self.dtype not in DTYPES[backend]:
+                raise ValueError(
+                    f"dtype {self.dtype!r} is not supported by backend {backend!r}; allowed: "
+                    f"{', '.join(DTYPES[backend])}"
+                    + (". For 4-bit weights use backend quanto" if self.dtype == "int4" else "")
+                )
+            if "candidates" in given:
+                raise ValueError("candidates is only used with backend auto")
+        if self.activations != "none" and backend not in ("quanto", "auto"):
+            raise ValueError(f"activations is a quanto option; backend {backend!r} does not use it "
+                             "(onnxruntime quantizes activations in both modes; torch casts them)")
+        onnx_only = {"mode", "calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"}
+        if backend in ("quanto", "torch") and given & onnx_only:
+            raise ValueError(f"{', '.join(sorted(given & onnx_only))}: onnxruntime options; backend is {backend!r}")
+        if backend in ("onnxruntime", "torch") and "exclude" in given:
+            raise ValueError(f"exclude is a quanto option; backend is {backend!r}")
+        bad_ops = [op for op in self.op_types or [] if op not in OP_TYPES]
+        if bad_ops:
+            raise ValueError(f"op_types: unknown {bad_ops}; allowed: {', '.join(OP_TYPES)}")
+        return self
+
+    def resolved_dtype(self) -> str:
+        return self.dtype or DEFAULT_DTYPE[self.backend]
+
+    def for_candidate(self, name: str) -> QuantizationConfig:
+        """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
+        values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode"})
+        backend = CANDIDATES[name]["backend"]
+        if backend != "quanto":
+            values.pop("exclude")
+        if backend != "onnxruntime":
+            for key in ("calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"):
+                values.pop(key)
+        return QuantizationConfig.model_validate({**values, **CANDIDATES[name]})
+
+
+def _candidate_names(config: QuantizationConfig, device_type: str) -> list[str]:
+    return list(config.candidates or DEFAULT_CANDIDATES.get(device_type, DEFAULT_CANDIDATES["cpu"]))
+
+
+def _needs_data(config: QuantizationConfig) -> bool:
+    if config.backend == "auto":
+        return True  # auto times and checks candidates on real batches of the user's data
+    if config.backend == "onnxruntime":
+        return config.mode == "static"
+    if config.backend == "quanto":
+        return config.activations != "none"
+    return False
+
+
+class Quantization(Technique[QuantizationConfig]):
+    name = "quantization"
+    summary = "int8/int4/fp8 (quanto), int8 ONNX Runtime, bf16/fp16 casts, or auto: measured choice"
+    Config = QuantizationConfig
+    accepts_formats = ("pytorch",)
+
+    def output_format(self, config: QuantizationConfig) -> str:
+        if config.backend != "auto":
+            return BACKEND_FORMAT[config.backend]
+        names = config.candidates or [n for names in DEFAULT_CANDIDATES.values() for n in names]
+        formats = {BACKEND_FORMAT[CANDIDATES[n]["backend"]] for n in names}
+        return max(formats, key=FORMAT_ORDER.index)
+
+    def data_requirement(self, config: QuantizationConfig) -> Literal["none", "text", "labels"]:
+        return "text" if _needs_data(config) else "none"
+
+    def check(self, config: QuantizationConfig, target: ModelTarget) -> None:
+        where = f"quantization (backend {config.backend})"
+        if target.format != "pytorch":
+            raise BadInputError(
+                f"{where}: needs a PyTorch model, but the model is {target.format!r} at this step. "
+                "Put quantization after pruning/distillation, and use one quantization step."
+            )
+        if target.task not in TASKS:
+            raise BadInputError(f"{where}: task {target.task!r} unsupported; supported: {', '.join(TASKS)}")
+        if _needs_data(config) and not target.has_data:
+            why = {
+                "auto": "backend auto measures candidates on real batches of your data",
+                "onnxruntime": "mode static calibrates activation ranges on data",
+                "quanto": f"activations {config.activations} are calibrated on data",
+            }[config.backend]
+            fix = {
+                "auto": "add a `data:` section, or pick a backend (onnxruntime dynamic and torch need no data)",
+                "onnxruntime": "add a `data:` section to the recipe, or use mode: dynamic",
+                "quanto": "add a `data:` section to the recipe, or set activations: none",
+            }[config.backend]
+            raise BadInputError(f"{where}: {why}, but the recipe has no data ({target.architecture}); {fix}.")
+        if config.backend == "onnxruntime" and target.task == "text-generation":
+            log.info("%s: causal LMs are exported logits-only, without a KV cache", where)
+
+    # -- apply -----------------------------------------------------------------------------
+    def apply(self, state: ModelState, config: QuantizationConfig, ctx: StepContext) -> StepResult:
+        texts = _calibration_texts(ctx, config)
+        reference = _reduced_outputs(state, texts, config)
+        if config.backend == "auto":
+            return self._auto(state, config, ctx, texts, reference)
+        started = time.perf_counter()
+        new_state, details = _build(state, config, ctx, texts, work_dir=Path(ctx.work_dir), copy_model=False)
+        changes: dict[str, Any] = {
+            "backend": config.backend, **details, "build_seconds": round(time.perf_counter() - started, 2),
+            "fidelity_to_input": _fidelity(reference, _reduced_outputs(new_state, texts, config), state.task),
+            "fidelity_texts": len(texts), "fidelity_data": "calibration" if ctx.train_data is not None else "built-in",
+        }
+        return StepResult(new_state, changes)
+
+    def _auto(self, state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: list[str],
+              reference: Any) -> StepResult:
+        device = _device_of(state)
+        batches = _timing_batches(state, texts, config)
+        measured: list[dict[str, Any]] = []
+        baseline = _latency(state, batches, config.threads)
+        best: tuple[float, str, ModelState] | None = None
+        for name in _candidate_names(config, device.type):
+            row: dict[str, Any] = {"candidate": name}
+            measured.append(row)
+            reason = _unsupported_reason(name, device, ctx)
+            if reason:
+                row.update(status="skipped", reason=reason)
+                continue
+            try:
+                started = time.perf_counter()
+                candidate, details = _build(state, config.for_candidate(name), ctx, texts,
+                                            work_dir=Path(ctx.work_dir) / name.replace(":", "-"), copy_model=True)
+                row["build_seconds"] = round(time.perf_counter() - started, 2)
+                row.update({k: v for k, v in details.items() if k in ("size_bytes", "graph_optimization")})
+            except Exception as exc:  # one broken candidate must not stop the search
+                log.warning("quantization auto: candidate %s failed: %s", name, exc)
+                row.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+                continue
+            row["fidelity"] = _fidelity(reference, _reduced_outputs(candidate, texts, config), state.task)
+            row["latency_ms"] = _latency(candidate, batches, config.threads)
+            failed = _quality_failure(row["fidelity"], config, state.task)
+            if failed:
+                row.update(status="rejected", reason=failed)
+                continue
+            row["status"] = "passed"
+            row["speedup"] = round(baseline["min"] / row["latency_ms"]["min"], 3)
+            # Decide on the minimum over batches: on a shared CPU the minimum is the least
+            # disturbed estimate of a model's own speed; medians are recorded as well.
+            if best is None or row["latency_ms"]["min"] < best[0]:
+                best = (row["latency_ms"]["min"], name, candidate)
+        changes: dict[str, Any] = {
+            "backend": "auto", "device": str(device), "threads": config.threads,
+            "timing": f"{len(batches)} batches of {config.batch_size} x {config.sequence_length} tokens from "
+                      "the calibration data, 1 warm-up, latency min/median in ms",
+            "quality_gate": {"min_cosine": config.min_cosine,
+                             **({"min_agreement": config.min_agreement} if state.task != "feature-extraction" else {})},
+            "input_latency_ms": baseline, "candidates": measured,
+        }
+        if best is None:
+            log.warning("quantization auto: no candidate passed; the model is left unquantized")
+            changes.update(chosen=None, reason="no candidate passed the quality gate or built on this device")
+            return StepResult(state, changes)
+        changes["chosen"] = best[1]
+        chosen = best[2]
+        chosen.info.setdefault("quantization", {})["auto"] = {
+            "chosen": best[1], "candidates": [r["candidate"] for r in measured]}
+        return StepResult(chosen, changes)
+
+    # -- reload ----------------------------------------------------------------------------
+    @classmethod
+    def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
+        path = Path(path)
+        fmt = info.get("format")
+        task = info.get("task") or "feature-extraction"
+        state_info = dict(info.get("info") or {})
+        tokenizer = _load_tokenizer(path)
+        if fmt == "onnx":
+            import json
+
+            from transformers import PretrainedConfig
+
+            from . import onnx_runtime
+
+            # The generic config class: an ONNX folder needs no modeling code, even when the
+            # PyTorch model had custom code (e.g. pruned heads).
+            config = PretrainedConfig.from_dict(json.loads((path / "config.json").read_text()))
+            model = onnx_runtime.OnnxModel(path / onnx_runtime.ONNX_FILE, config, task)
+            return ModelState(model, tokenizer, task, format="onnx", saver=_save_onnx, loader=cls.name,
+                              info=state_info)
+        if fmt == "quanto":
+            qinfo = state_info.get("quantization", {})
+            wrapper_cls = _quanto_wrapper(task)
+            kwargs = {"trust_remote_code": True} if qinfo.get("trust_remote_code") else {}
+            model = wrapper_cls.from_pretrained(str(path), **kwargs)._wrapped
+            return ModelState(model, tokenizer, task, format="quanto", saver=_save_quanto, loader=cls.name,
+                              info=state_info)
+        raise BadInputError(f"{path}: quantization cannot load format {fmt!r}; it writes 'onnx' and 'quanto' folders")
+
+
+# -- building one quantized model ---------------------------------------------------------------
+def _build(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: list[str], *,
+           work_dir: Path, copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
+    if config.backend == "torch":
+        return _build_torch(state, config, copy_model)
+    if config.backend == "quanto":
+        return _build_quanto(state, config, texts, copy_model)
+    return _build_onnx(state, config, texts, work_dir)
+
+
+def _info(state: ModelState, details: dict[str, Any]) -> dict[str, Any]:
+    info = copy.deepcopy(state.info)
+    info["quantization"] = details
+    return info
+
+
+def _build_torch(state: ModelState, config: QuantizationConfig, copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.resolved_dtype()]
+    model = copy.deepcopy(state.model) if copy_model else state.model
+    model = model.to(dtype)
+    details = {"backend": "torch", "dtype": config.resolved_dtype(), "size_bytes": _tensor_bytes(model)}
+    # Same saver/loader as the input: a bf16 copy of a custom-code model saves the same way,
+    # and transformers reloads a checkpoint in the dtype it was saved in.
+    return ModelState(model, state.tokenizer, state.task, format="pytorch", saver=state.saver,
+                      loader=state.loader, info=_info(state, details)), details
+
+
+QUANTO_TYPES = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8", "none": None}
+
+
+def _build_quanto(state: ModelState, config: QuantizationConfig, texts: list[str],
+                  copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
+    import torch
+    from optimum import quanto
+    from optimum.quanto import Calibration, freeze, quantize
+
+    model = copy.deepcopy(state.model) if copy_model else state.model
+    weights = getattr(quanto, QUANTO_TYPES[config.resolved_dtype()])
+    act_name = QUANTO_TYPES[config.activations]
+    activations = getattr(quanto, act_name) if act_name else None
+    quantize(model, weights=weights, activations=activations, exclude=config.exclude or None)
+    calibrated = 0
+    if activations is not None:
+        # Activation ranges come from real batches; no_grad (not inference_mode: qint4 fails there).
+        probe = ModelState(model, state.tokenizer, state.task)
+        with torch.no_grad(), Calibration(momentum=0.9):
+            for batch in _batches(probe, texts, config):
+                _forward(probe, batch)
+                calibrated += int(batch["input_ids"].shape[0])
+    freeze(model)
+    config_obj = getattr(model, "config", None)
+    details = {
+        "backend": "quanto", "weights": config.resolved_dtype(), "activations": config.activations,
+        "exclude": list(config.exclude), "calibration_texts": calibrated,
+        "quantized_modules": _count_quantized(model), "size_bytes": _tensor_bytes(model),
+        "trust_remote_code": bool(getattr(config_obj, "auto_map", None)),
+    }
+    return ModelState(model, state.tokenizer, state.task, format="quanto", saver=_save_quanto,
+                      loader=Quantization.name, info=_info(state, details)), details
+
+
+def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
+                work_dir: Path) -> tuple[ModelState, dict[str, Any]]:
+    from . import onnx_runtime as ort_tools
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model_config = state.model.config
+    exported = work_dir / "exported.onnx"
+    started = time.perf_counter()
+    input_names = ort_tools.export(state.model, state.tokenizer, state.task, exported, opset=config.opset)
+    details: dict[str, Any] = {
+        "backend": "onnxruntime", "dtype": "int8", "mode": config.mode, "opset": config.opset,
+        "per_channel": config.per_channel, "reduce_range": config.reduce_range, "inputs": input_names,
+        "export_seconds": round(time.perf_counter() - started, 2),
+        "kv_cache": False if state.task == "text-generation" else None,
+    }
+    if state.task == "text-generation":
+        details["note"] = "exported logits-only without a KV cache: fine for scoring, slow for generation"
+    feed = ort_tools.sample_feed(state.tokenizer, input_names, texts[:8] or FALLBACK_TEXTS)
+    calib_feeds: list[dict[str, Any]] = []
+    if config.mode == "static":
+        # Full batches of one shape only: the entropy/percentile calibrators stack them.
+        full = max(config.batch_size, len(texts) - len(texts) % config.batch_size)
+        calib_feeds = [ort_tools.sample_feed(state.tokenizer, input_names, texts[i: i + config.batch_size],
+                                             max_length=config.sequence_length, fixed_length=True)
+                       for i in range(0, min(full, len(texts)), config.batch_size)]
+        details.update(calibration_method=config.calibration_method, calibration_texts=len(texts))
+    if config.op_types:
+        details["op_types"] = list(config.op_types)
+
+    def quantized(src: Path, dst: Path) -> Path:
+        if config.mode == "dynamic":
+            ort_tools.quantize_dynamic(src, dst, per_channel=config.per_channel, reduce_range=config.reduce_range,
+                                       op_types=config.op_types)
+        else:
+            ort_tools.quantize_static(src, dst, calib_feeds, method=config.calibration_method,
+                                      per_channel=config.per_channel, reduce_range=config.reduce_range,
+                                      op_types=config.op_types)
+        return dst
+
+    plain_dir, fused_dir = work_dir / "plain", work_dir / "fused"
+    options: dict[str, Path] = {}
+    if config.graph_optimization in ("auto", "none"):
+        plain_dir.mkdir(exist_ok=True)
+        options["none"] = quantized(exported, plain_dir / ort_tools.ONNX_FILE)
+    if config.graph_optimization in ("auto", "bert-fusion"):
+        fused_dir.mkdir(exist_ok=True)
+        report = ort_tools.optimize(exported, work_dir / "optimized.onnx", model_config, feed)
+        details.update(report)
+        if report["graph_optimization"] == "bert-fusion":
+            options["bert-fusion"] = quantized(work_dir / "optimized.onnx", fused_dir / ort_tools.ONNX_FILE)
+        elif "none" not in options:
+            plain_dir.mkdir(exist_ok=True)
+            options["none"] = quantized(exported, plain_dir / ort_tools.ONNX_FILE)
+    if len(options) > 1:
+        # "Where they help": fusions change which kernels the quantized graph uses (e.g. a
+        # QAttention instead of int8 MatMuls) and are not always faster, so time both.
+        probe_texts = (texts or FALLBACK_TEXTS) * 2
+        timings = {}
+        for key, path in options.items():
+            probe = ModelState(ort_tools.OnnxModel(path, model_config, state.task, num_threads=config.threads),
+                               state.tokenizer, state.task, format="onnx")
+            timings[key] = _latency(probe, _timing_batches(probe, probe_texts, config), config.threads)
+        choice = min(timings, key=lambda k: timings[k]["min"])
+        details["graph_optimization_timings_ms"] = timings
+    else:
+        choice = next(iter(options))
+    details["graph_optimization"] = choice
+    final = options[choice]
+    model = ort_tools.OnnxModel(final, model_config, state.task)
+    details["size_bytes"] = final.stat().st_size
+    return ModelState(model, state.tokenizer, state.task, format="onnx", saver=_save_onnx,
+                      loader=Quantization.name, info=_info(state, details)), details
+
+
+def _unsupported_reason(name: str, device: Any, ctx: StepContext) -> str | None:
+    backend = CANDIDATES[name]["backend"]
+    if backend == "onnxruntime" and device.type != "cpu":
+        return f"the ONNX Runtime int8 kernels used here run on CPU; the target device is {device.type}"
+    if name == "torch:bf16" and device.type == "cuda":
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            return "this GPU has no bf16 support"
+    if name == "torch:fp16" and device.type == "cpu":
+        return None  # allowed when listed explicitly; measured like any other
+    return None
+
+
+# -- saving and loading -------------------------------------------------------------------------
+def _save_onnx(state: ModelState, path: Path) -> None:
+    from . import onnx_runtime
+
+    src = Path(state.model.path)
+    dst = path / onnx_runtime.ONNX_FILE
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+    if state.model.config is not None:
+        state.model.config.save_pretrained(str(path))
+
+
+_WRAPPERS: dict[str, Any] = {}
+
+
+def _quanto_wrapper(task: str) -> Any:
+    """quanto's QuantizedTransformersModel subclass whose ``auto_class`` matches the task."""
+    if task not in _WRAPPERS:
+        import transformers
+        from optimum.quanto import QuantizedTransformersModel
+
+        auto = {"feature-extraction": transformers.AutoModel,
+                "text-classification": transformers.AutoModelForSequenceClassification,
+                "text-generation": transformers.AutoModelForCausalLM}[task]
+        _WRAPPERS[task] = type(f"Quantized{auto.__name__}", (QuantizedTransformersModel,), {"auto_class": auto})
+    return _WRAPPERS[task]
+
+
+def _save_quanto(state: ModelState, path: Path) -> None:
+    readme = path / "README.md"
+    had_readme = readme.exists()
+    _quanto_wrapper(state.task)(state.model).save_pretrained(str(path))
+    # ModelHubMixin writes a generic model card; the evaluation card is the pipeline's.
+    if not had_readme and readme.exists():
+        readme.unlink()
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def _calibration_texts(ctx: StepContext, config: QuantizationConfig) -> list[str]:
+    data = ctx.train_data
+    if data is None:
+        return list(FALLBACK_TEXTS)
+    texts = [t for t in data["text"][: config.calibration_samples * 2] if isinstance(t, str) and t.strip()]
+    return texts[: config.calibration_samples]
+
+
+def _device_of(state: ModelState) -> Any:
+    from hfcompress.runner import model_device
+
+    return model_device(state)
+
+
+def _batches(state: ModelState, texts: list[str], config: QuantizationConfig) -> list[dict[str, Any]]:
+    from hfcompress.runner import tokenize
+
+    return [tokenize(state, texts[i: i + config.batch_size], config.sequence_length)
+            for i in range(0, len(texts), config.batch_size)]
+
+
+def _timing_batches(state: ModelState, texts: list[str], config: QuantizationConfig) -> list[dict[str, Any]]:
+    """Full batches only (batch_size × sequence_length), repeating texts if there are few."""
+    pool = list(texts) or list(FALLBACK_TEXTS)
+    need = config.batch_size * config.timing_batches
+    while len(pool) < need:
+        pool += pool
+    return _batches(state, pool[:need], config)
+
+
+def _forward(state: ModelState, batch: dict[str, Any]) -> Any:
+    from hfcompress.runner import forward
+
+    return forward(state, batch)
+
+
+def _reduced_outputs(state: ModelState, texts: list[str], config: QuantizationConfig) -> torch.Tensor:
+    import torch
+
+    from hfcompress.runner import reduce_output
+
+    outs = [reduce_output(state, _forward(state, b), b["attention_mask"]) for b in _batches(state, texts, config)]
+    return torch.cat(outs).float()
+
+
+def _fidelity(reference: torch.Tensor, outputs: torch.Tensor, task: str) -> dict[str, float]:
+    import torch
+
+    cos = torch.nn.functional.cosine_similarity(reference, outputs, dim=-1)
+    result = {"cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6)}
+    if task != "feature-extraction":
+        result["top1_agreement"] = round(float((reference.argmax(-1) == outputs.argmax(-1)).float().mean()), 6)
+    return result
+
+
+def _quality_failure(fidelity: dict[str, float], config: QuantizationConfig, task: str) -> str | None:
+    if fidelity["cosine_mean"] < config.min_cosine:
+        return f"cosine {fidelity['cosine_mean']:.4f} < min_cosine {config.min_cosine}"
+    if task != "feature-extraction" and fidelity.get("top1_agreement", 1.0) < config.min_agreement:
+        return f"top-1 agreement {fidelity['top1_agreement']:.4f} < min_agreement {config.min_agreement}"
+    return None
+
+
+def _latency(state: ModelState, batches: list[dict[str, Any]], threads: int) -> dict[str, float]:
+    import torch
+
+    from hfcompress.runner import fixed_threads
+
+    setter = getattr(state.model, "set_num_threads", None)
+    if setter is not None:
+        setter(threads)
+    device = _device_of(state)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with fixed_threads(threads):
+        _forward(state, batches[0])  # warm-up: allocations, kernel selection, lazy init
+        sync()
+        for batch in batches:
+            started = time.perf_counter()
+            _forward(state, batch)
+            sync()
+            times.append((time.perf_counter() - started) * 1000)
+    return {"median": round(statistics.median(times), 2), "min": round(min(times), 2)}
+
+
+def _tensor_bytes(model: Any) -> int:
+    """Bytes of weights in memory (quantized tensors count their packed data and scales)."""
+    total = 0
+    for tensor in list(model.state_dict().values()):
+        if hasattr(tensor, "nbytes"):
+            total += int(tensor.nbytes)
+        else:  # quanto tensors: sum their inner tensors
+            inner = getattr(tensor, "__tensor_flatten__", None)
+            if inner is not None:
+                names, _ = inner()
+                total += sum(int(getattr(tensor, n).nbytes) for n in names)
+    return total
+
+
+def _count_quantized(model: Any) -> int:
+    from optimum.quanto.nn import QModuleMixin
+
+    return sum(1 for m in model.modules() if isinstance(m, QModuleMixin))
+
+
+@hookimpl
+def hfcompress_register_techniques(register: Any) -> None:
+    register(Quantization)
