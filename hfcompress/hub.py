@@ -384,7 +384,7 @@ def _with_retries(what: str, fn: Callable[[], T]) -> T:
         except Exception as exc:
             if not _is_transient(exc) or attempt == len(waits):
                 raise
-            log.warning("%s failed (%s); retrying in %.1f s (attempt %d/%d)", what, _describe(exc), waits[attempt],
+            log.warning("%s failed (%s); retrying in %.2f s (attempt %d/%d)", what, _describe(exc), waits[attempt],
                         attempt + 2, len(waits) + 1)
             time.sleep(waits[attempt])
     raise AssertionError("unreachable")  # pragma: no cover
@@ -656,7 +656,7 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, cr
             if attempt == len(waits):
                 raise HubPushError(_gave_up_message(api, repo_id, branch, plan.head, exc, attempt + 1)) from exc
             failed_head = plan.head
-            log.warning("commit to %s@%s failed (%s); retrying in %.1f s (attempt %d/%d)", repo_id, branch,
+            log.warning("commit to %s@%s failed (%s); retrying in %.2f s (attempt %d/%d)", repo_id, branch,
                         _describe(exc), waits[attempt], attempt + 2, len(waits) + 1)
             time.sleep(waits[attempt])
 
