@@ -179,7 +179,9 @@ def optimize(src: Path, dst: Path, config: Any, feed: dict[str, Any], tolerance:
     patterns the fusions mis-handle, and a wrong fast graph is worse than a correct slow one.
     Returns what was done; ``dst`` always exists afterwards (a copy of ``src`` when not fused).
     """
-    model_type = str(getattr(config, "model_type", ""))
+    # Head-pruned models (plugins/head_pruning.py) keep their family's graph under their own
+    # model_type; the fusions apply to them the same way.
+    model_type = str(getattr(config, "model_type", "")).removeprefix("hfcompress-pruned-")
     report: dict[str, Any] = {"graph_optimization": "none"}
     if model_type not in BERT_LIKE:
         shutil.copyfile(src, dst)
@@ -216,11 +218,13 @@ def uniform_attention_shape(config: Any) -> tuple[int, int]:
     heads = getattr(config, "num_attention_heads", 0)
     hidden = getattr(config, "hidden_size", 0)
     head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
-    per_layer = getattr(config, "heads_per_layer", None) or getattr(config, "num_attention_heads_per_layer", None)
-    if per_layer is not None and len(set(per_layer)) > 1:
-        return 0, 0
-    if isinstance(per_layer, (list, tuple)) and per_layer:
-        heads = int(per_layer[0])
+    # Head-pruned BERT models (plugins/head_pruning.py) list per-layer counts in pruned_layout.
+    layout = getattr(config, "pruned_layout", None) or {}
+    per_layer = layout.get("num_attention_heads")
+    if per_layer:
+        if len(set(per_layer)) > 1:
+            return 0, 0
+        heads, head_dim = int(per_layer[0]), int(layout.get("head_dim") or head_dim)
     if not isinstance(heads, int) or heads <= 0:
         return 0, 0
     # The fused Attention's hidden size is heads × head_dim: after uniform pruning it is

@@ -333,7 +333,11 @@ class Quantization(Technique[QuantizationConfig]):
         if fmt == "quanto":
             qinfo = state_info.get("quantization", {})
             wrapper_cls = _quanto_wrapper(task)
-            kwargs = {"trust_remote_code": True} if qinfo.get("trust_remote_code") else {}
+            kwargs = {}
+            if _register_pruned_classes(path):
+                pass  # our own pruned-model classes are registered: no remote code runs
+            elif qinfo.get("trust_remote_code"):
+                kwargs["trust_remote_code"] = True
             model = wrapper_cls.from_pretrained(str(path), **kwargs)._wrapped
             return ModelState(model, tokenizer, task, format="quanto", saver=_save_quanto, loader=cls.name,
                               info=state_info)
@@ -526,6 +530,23 @@ def _save_quanto(state: ModelState, path: Path) -> None:
     # ModelHubMixin writes a generic model card; the evaluation card is the pipeline's.
     if not had_readme and readme.exists():
         readme.unlink()
+
+
+def _register_pruned_classes(path: Path) -> bool:
+    """Register the head-pruning plugin's model classes when the folder holds a pruned model.
+
+    quanto rebuilds the model with ``auto_class.from_config`` (no ``trust_remote_code``), so
+    the Auto classes must know the pruned config/model classes in this process.
+    """
+    import json
+
+    model_type = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+    if not model_type.startswith("hfcompress-pruned-"):
+        return False
+    from hfcompress_plugins.modeling import modeling_hfcompress_pruned
+
+    modeling_hfcompress_pruned.register_auto_classes()
+    return True
 
 
 def _load_tokenizer(path: Path) -> Any:

@@ -295,3 +295,34 @@ def test_auto_measures_candidates_and_keeps_the_fastest_passing(tiny_bert_dir: P
         assert result.changes["chosen"] is None and result.state is state
     assert result.changes["threads"] == 1 and result.changes["input_latency_ms"]["min"] > 0
     json.dumps(result.changes)  # JSON-able for results.json
+
+
+# -- after head-pruning (custom modeling code for pruned BERT) --------------------------------
+@pytest.mark.parametrize("backend", ["onnxruntime", "quanto", "torch"])
+@pytest.mark.parametrize("heads_to_remove", [[1, 2], [1, 1]], ids=["per-layer-heads", "uniform-heads"])
+def test_every_backend_works_after_head_pruning(backend: str, heads_to_remove: list[int], tiny_bert_dir: Path,
+                                                tmp_path: Path) -> None:
+    import torch
+
+    head_pruning = pytest.importorskip("hfcompress_plugins.head_pruning")
+    state = _load(tiny_bert_dir, "feature-extraction")
+    pruned = head_pruning.HeadPruning().apply(
+        state, head_pruning.HeadPruningConfig(heads_to_remove=heads_to_remove, importance="magnitude"),
+        _ctx(tmp_path)).state
+    assert pruned.model.config.model_type == "hfcompress-pruned-bert"
+    before = _outputs(pruned)
+    result = _technique().apply(pruned, _config(backend=backend), _ctx(tmp_path))
+    assert result.state.info["quantization"]["backend"] == backend
+    assert "head_pruning" in result.state.info  # what pruning recorded survives quantization
+    assert _cos(_outputs(result.state), before) > 0.95
+    out = tmp_path / "out"
+    save_state(result.state, out)
+    reloaded = load_state(out)
+    assert reloaded.format == result.state.format
+    assert torch.allclose(_outputs(reloaded), _outputs(result.state), atol=1e-5)
+    if backend == "onnxruntime":
+        fused = result.changes["fused_operators"]
+        # Uniformly pruned heads keep the attention fusion (head count/size from pruned_layout);
+        # per-layer counts cannot be given to ORT's fusion, the other fusions still apply.
+        assert fused.get("Attention") == (2 if heads_to_remove == [1, 1] else None)
+        assert fused["SkipLayerNormalization"] == 4
