@@ -699,6 +699,9 @@ def rebuild(model: Any, lay: Layout, new: Layout) -> tuple[Any, bool]:
     device = next(model.parameters()).device
     fresh.to(dtype=dtype, device=device)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    # tying happens in from_pretrained, not in the constructor: without this an LM with tied
+    # embeddings (SmolLM2) would come out with a separate 28M-parameter lm_head copy
+    fresh.tie_weights()
     tied = set(getattr(fresh, "all_tied_weights_keys", {}) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:

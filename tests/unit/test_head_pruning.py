@@ -330,6 +330,8 @@ def test_non_uniform_gqa_pruning_stays_consistent(tmp_path: Path) -> None:
         assert all(h % kv == 0 for h, kv in zip(ch["heads_per_layer"], ch["kv_heads_per_layer"], strict=True))
         model = result.state.model
         assert type(model).__name__ == "PrunedLlamaForCausalLM"
+        assert model.lm_head.weight is model.model.embed_tokens.weight  # tied embeddings stay tied
+        assert ch["num_parameters_after"] < ch["num_parameters_before"]
         for layer, h, kv in zip(model.model.layers, ch["heads_per_layer"], ch["kv_heads_per_layer"], strict=True):
             assert layer.self_attn.q_proj.out_features == h * 4 and layer.self_attn.k_proj.out_features == kv * 4
             assert layer.self_attn.num_key_value_groups == h // kv
