@@ -15,8 +15,9 @@ What a push guarantees, in order:
    blob sha1 for regular files, sha256 for LFS files). Nothing changed: no commit, no new PR,
    and ``commit_id`` is ``None``.
 4. **The folder still works**: a fresh subprocess (offline, without the token in its
-   environment) loads it with ``hfcompress.load`` and with plain transformers / ONNX Runtime when
-   the format allows, and reproduces ``results.json["verification"]`` within its ``atol``; else
+   environment) loads it with ``hfcompress.load`` and with plain transformers (with
+   ``trust_remote_code`` when the folder ships its modeling file) or ONNX Runtime when the
+   format allows, and reproduces ``results.json["verification"]`` within its ``atol``; else
    :class:`~hfcompress.errors.GateFailedError` (exit 3) and nothing is uploaded.
 5. **One commit** (message naming the recipe) with only the changed files, plus deletions of
    remote files that the folder no longer has (``.gitattributes`` is kept). The commit names its
@@ -179,7 +180,10 @@ def commit_text(folder: Path, commit_message: str | None) -> tuple[str, str]:
         raise BadInputError(f"push: {folder / 'hfcompress.yaml'} must be a mapping (the resolved recipe)")
     steps = [next(iter(s)) if isinstance(s, dict) and s else str(s) for s in recipe.get("steps") or []]
     recipe_name = " -> ".join(steps) if steps else "no steps"
-    title = commit_message or f"hfcompress: {recipe_name} on {recipe.get('model', 'unknown model')}"
+    model = str(recipe.get("model", "unknown model"))
+    if os.path.isabs(model):  # a local path says nothing on the Hub and exposes the local layout
+        model = Path(model).name
+    title = commit_message or f"hfcompress: {recipe_name} on {model}"
     body = yaml.safe_dump({"model": recipe.get("model"), "steps": recipe.get("steps") or []}, sort_keys=False)
     description = f"Compressed with hfcompress (recipe: {recipe_name}).\n\n```yaml\n{body}```\n"
     return title, description
@@ -294,8 +298,14 @@ def _verify_main(folder: Path) -> dict[str, Any]:
         return ModelState(model=model, tokenizer=tokenizer, task=task, format=fmt)
 
     compare("hfcompress.load", via_hfcompress)
-    if fmt == "pytorch" and not marker.get("loader") and task:
-        compare("transformers", lambda: _plain_transformers(folder, task))
+    from .models import AUTO_CLASSES
+
+    config = json.loads((folder / "config.json").read_text())
+    # Custom shapes (e.g. pruned heads) ship their modeling file with an auto_map: plain
+    # transformers loads them with trust_remote_code=True, as a Hub user would.
+    remote_code = task in AUTO_CLASSES and AUTO_CLASSES[task] in (config.get("auto_map") or {})
+    if fmt == "pytorch" and task and (not marker.get("loader") or remote_code):
+        compare("transformers", lambda: _plain_transformers(folder, task, remote_code))
     elif fmt == "onnx" and task:
         compare("onnxruntime", lambda: _plain_onnxruntime(folder, task))
     else:
@@ -304,13 +314,14 @@ def _verify_main(folder: Path) -> dict[str, Any]:
     return {"checks": checks, "atol": block["atol"], "texts": len(texts), "sequence_length": seq}
 
 
-def _plain_transformers(folder: Path, task: str) -> Any:
+def _plain_transformers(folder: Path, task: str, remote_code: bool) -> Any:
     import transformers
 
     from .models import AUTO_CLASSES
     from .plugin import ModelState
 
-    model = getattr(transformers, AUTO_CLASSES[task]).from_pretrained(folder).eval()
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    model = auto.from_pretrained(folder, trust_remote_code=remote_code).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     return ModelState(model=model, tokenizer=tokenizer, task=task)
 
