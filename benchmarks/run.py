@@ -1,0 +1,121 @@
+"""Command line: run a suite, measure the GEMM peak in the same process, write the results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .flops import gemm_peak
+from .harness import VariantSpec, add_fractions, best_peaks, run_variant
+from .report import RESULTS_DIR, environment, write_results
+from .timing import SHAPES, Timing
+
+log = logging.getLogger("benchmarks")
+
+__all__ = ["main", "run_suite"]
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads {text!r}: give comma-separated integers, e.g. 1,2") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--threads {text!r}: give positive integers, e.g. 1,2")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a suite and write benchmarks/results/<date>-<suite>.{json,md,png}")
+    run.add_argument("--suite", choices=["encoder", "decoder", "all"], default="encoder")
+    run.add_argument("--quick", action="store_true",
+                     help="fewer samples and repeats, short distillation, tiny fine-tuning (< 15 min on 2 cores)")
+    run.add_argument("--threads", type=_threads, default=[1, 2],
+                     help="thread counts to time, comma-separated; the first is the headline (default 1,2)")
+    run.add_argument("--only", default=None,
+                     help="comma-separated substrings: run only variants whose name contains one (for debugging)")
+    run.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
+    return parser
+
+
+def _make_suite(name: str, quick: bool) -> Any:
+    if name == "encoder":
+        from .encoder import EncoderSettings, EncoderSuite
+
+        return EncoderSuite(EncoderSettings.quick() if quick else EncoderSettings())
+    from .decoder import DecoderSettings, DecoderSuite
+
+    return DecoderSuite(DecoderSettings.quick() if quick else DecoderSettings())
+
+
+def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None, out: Path) -> dict[str, Any]:
+    import torch
+
+    started = time.time()
+    timing = Timing(warmup=1, repeats=5) if quick else Timing(warmup=3, repeats=15)
+    env = environment(threads)
+    log.info("measuring the GEMM peak at %s thread(s)", threads)
+    peaks = {str(t): gemm_peak(t, repeats=5 if quick else 9) for t in threads}
+    log.info("GEMM peak: %s", peaks)
+    suite = _make_suite(name, quick)
+    torch.set_num_threads(max(threads))
+    suite.prepare()
+    specs: list[VariantSpec] = suite.variants()
+    if only:
+        specs = [s for s in specs if any(o.lower() in s.name.lower() for o in only)]
+    results: dict[str, Any] = {
+        "suite": name, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": quick,
+        "environment": env, "shapes": {k: list(v) for k, v in SHAPES.items()}, "timing": timing.to_dict(),
+        "gemm_peak": peaks, "setup": suite.describe(), "variants": [],
+    }
+    for spec in specs:
+        record = run_variant(suite, spec, threads, timing)
+        results["variants"].append(record)
+        _finish(results, peaks, started)
+        paths = write_results(results, out)  # after every variant: a crash keeps what was measured
+    # The peak again at the end: if the machine got busier during the run, the two differ.
+    results["gemm_peak_end"] = {str(t): gemm_peak(t, repeats=5 if quick else 9) for t in threads}
+    _finish(results, peaks, started)
+    paths = write_results(results, out)
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return results
+
+
+def _finish(results: dict[str, Any], start_peaks: dict[str, dict[str, float]], started: float) -> None:
+    """The run's best observed GEMM peak becomes ``gemm_peak``; fractions are recomputed against it."""
+    observations = [start_peaks, results.get("gemm_peak_end", {})]
+    observations += [v.get("gemm_peak_at_timing", {}) for v in results["variants"]]
+    results["gemm_peak_start"] = start_peaks
+    results["gemm_peak"] = best_peaks(*observations)
+    for record in results["variants"]:
+        add_fractions(record, results["gemm_peak"])
+    results["elapsed_seconds"] = round(time.time() - started, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    # Root at WARNING: onnxruntime.quantization logs every tensor it skips at INFO on the root logger.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    for ours in ("benchmarks", "hfcompress"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    suites = ["encoder", "decoder"] if args.suite == "all" else [args.suite]
+    failed = 0
+    for name in suites:
+        results = run_suite(name, args.quick, args.threads, only, args.out)
+        failed += sum(1 for v in results["variants"] if v["error"])
+    if failed:
+        log.warning("%d variant(s) failed; their errors are in the results file", failed)
+    return 0

@@ -1,0 +1,58 @@
+"""The one timing routine every variant goes through: fixed threads, warm-up, repeats, median.
+
+Baselines and hfcompress outputs are timed by this same function on the same token batches, in
+the same process and run, so machine noise (this machine is shared) affects all of them alike
+and the ratios between them are what the results mean.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SHAPES", "Timing", "make_batches", "time_call"]
+
+# name -> (batch, sequence length); every batch is padded to exactly this length.
+SHAPES: dict[str, tuple[int, int]] = {"b8xs128": (8, 128), "b1xs32": (1, 32)}
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup: int
+    repeats: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "repeats": self.repeats, "statistic": "median"}
+
+
+def make_batches(tokenizer: Any, texts: list[str], shapes: dict[str, tuple[int, int]] = SHAPES) -> dict[str, dict[str, Any]]:
+    """Token batches for each shape from real held-out sentences, padded to ``max_length``.
+
+    The first ``batch`` texts are used, so every variant (same tokenizer) sees identical ids.
+    """
+    out = {}
+    for name, (batch, seq) in shapes.items():
+        chunk = (texts * batch)[:batch]
+        enc = tokenizer(chunk, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+        out[name] = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return out
+
+
+def time_call(fn: Callable[[], Any], timing: Timing) -> dict[str, float]:
+    """Median, p10 and p90 wall time of ``fn()`` in milliseconds after ``timing.warmup`` calls."""
+    for _ in range(timing.warmup):
+        fn()
+    samples = []
+    for _ in range(timing.repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    samples.sort()
+
+    def pct(q: float) -> float:
+        return samples[min(len(samples) - 1, int(round(q * (len(samples) - 1))))]
+
+    return {"median": statistics.median(samples), "p10": pct(0.1), "p90": pct(0.9)}
