@@ -55,7 +55,10 @@ def load_state(path: str | Path, task: str | None = None) -> ModelState:
         if marker.get("task") and task is None:
             task = marker["task"]
     source = resolve_model(str(path))
-    return load_model(source, infer_task(load_config(source), task))
+    loaded = load_model(source, infer_task(load_config(source), task))
+    if folder.is_dir():  # keep what earlier steps recorded (e.g. pruned heads) across a reload
+        loaded.info = dict(read_marker(folder).get("info") or {})
+    return loaded
 
 
 def load(path: str | Path, task: str | None = None) -> Any:
