@@ -306,6 +306,9 @@ def test_uniform_decoder_loads_with_plain_from_pretrained_and_generates(tiny_lla
                                  _ctx(tmp_path))
     save_state(result.state, tmp_path / "out")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    reloaded = load_state(tmp_path / "out")  # no loader: the transformers Auto class, info kept
+    assert reloaded.loader is None
+    assert reloaded.info["head_pruning"]["heads_per_layer"] == [2, 2]
     inputs = _inputs(result.state)
     with torch.no_grad():
         assert torch.equal(plain(**inputs).logits, result.state.model(**inputs).logits)
