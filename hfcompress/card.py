@@ -488,6 +488,7 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
     if output_format and output_format != "pytorch":
         tags.append(str(output_format))
     relation = base_model_relation(steps, output_format)
+    extra: dict[str, Any] = {"base_model_relation": relation} if base_id and relation else {}
     card_data = ModelCardData(
         base_model=base_id,
         license=base_license(model, recipe_dict.get("revision")),
@@ -497,9 +498,8 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
         model_name=name,
         eval_results=eval_results or None,
         datasets=[data_name] if source_prefix is None and base_model_id(data_name) and not Path(data_name).exists() else None,
+        **extra,
     )
-    if base_id and relation:
-        card_data.base_model_relation = relation
 
     plot = write_plot(folder, results)
     version = results.get("hfcompress_version") or (recipe_dict.get("provenance") or {}).get("packages", {}).get(

@@ -83,9 +83,9 @@ def round_value(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             return value
-        if value.is_integer() and abs(value) < 2**53:
-            return int(value)
-        return float(f"{value:.6g}")
+        rounded = float(f"{value:.6g}")
+        # whole numbers print without ".0" on the card and in JSON, whatever produced them
+        return int(rounded) if rounded.is_integer() and abs(rounded) < 2**53 else rounded
     return value
 
 

@@ -55,9 +55,9 @@ class TaskMetrics(Evaluator):
             result.update(_scores(predictions, labels, prefix=""))
             result.update(_extra_metrics(ctx.settings.metrics, predictions, labels))
             return result
-        predictions = _probe_predictions(outputs.vectors, labels)
-        if predictions is not None:
-            result.update(_scores(predictions, labels, prefix="probe_"))
+        probe = _probe_predictions(outputs.vectors, labels)
+        if probe is not None:
+            result.update(_scores(probe, labels, prefix="probe_"))
         return result
 
 
