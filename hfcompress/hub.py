@@ -533,15 +533,28 @@ def push_to_hub(
     ``created_branch``, ``uploaded``, ``deleted``, ``unchanged`` (paths), ``commit_message`` and
     ``verification`` (the subprocess report, ``None`` when nothing had to be uploaded).
     """
-    secret = token or ""
+    secret_box = [token or ""]
     try:
-        return _push(Path(folder), repo_id, private=private, revision=revision, create_pr=create_pr,
-                     token=token, commit_message=commit_message, secret_box=[secret])
+        try:
+            return _push(Path(folder), repo_id, private=private, revision=revision, create_pr=create_pr,
+                         token=token, commit_message=commit_message, secret_box=secret_box)
+        except HfCompressError:
+            raise
+        except Exception as exc:
+            if _status(exc) is None and not _is_transient(exc):
+                raise
+            # An HTTP or connection error outside the commit loop (creating the repo, a branch...).
+            raise HubPushError(
+                f"push to {repo_id} failed: {_describe(exc)}. Nothing was committed; fix the cause and re-run."
+            ) from exc
     except Exception as exc:
-        # Belt and braces: no message that leaves this function may carry the token.
-        secret = secret or _secret_in_use()
+        # Belt and braces: no message that leaves this function may carry the token. Same
+        # exception (type and exit code kept), message redacted, chained causes dropped.
+        secret = secret_box[0] or _secret_in_use()
         if secret and secret in str(exc):
-            raise HubPushError(str(exc).replace(secret, "hf_***")) from None
+            exc.args = (str(exc).replace(secret, "hf_***"),)
+            exc.__cause__ = exc.__context__ = None
+            exc.__suppress_context__ = True
         raise
 
 

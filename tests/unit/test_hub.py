@@ -94,3 +94,22 @@ def test_transient_errors_are_retried_with_backoff(monkeypatch: pytest.MonkeyPat
     with pytest.raises(Exception, match="HTTP 403"):  # not transient: raised at once, no sleep
         _with_retries("test", lambda: (_ for _ in ()).throw(http_error(403)))
     assert slept == [0.5, 1.0]
+
+
+def test_a_token_never_leaves_in_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfcompress import hub
+
+    token = "hf_" + "s3cr3t" * 6
+    out = _folder(tmp_path)
+    (out / "README.md").write_text(f"use token {token} to download")
+    with pytest.raises(BadInputError, match="README.md contains your Hugging Face token") as leaked:
+        hub._refuse_leaked_token(output_folder_files(out), token)
+    assert token not in str(leaked.value)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ValueError(f"server said: bad credentials {token}")
+
+    monkeypatch.setattr(hub, "_push", boom)
+    with pytest.raises(ValueError) as err:
+        hub.push_to_hub(out, "alice/x", token=token)
+    assert token not in str(err.value) and "hf_***" in str(err.value) and err.value.__cause__ is None
