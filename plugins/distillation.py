@@ -751,7 +751,7 @@ def distill(state: ModelState, config: DistillationConfig, ctx: StepContext,
                     mean = accelerator.reduce(torch.stack(window).mean(), reduction="mean")
                     value = float(mean)
                     if first_loss is None:
-                        first_loss = value
+                        first_loss = round(value, 6)
                     history.append([done, round(value, 6)])
                     window = []
                     progress.set_postfix(loss=f"{value:.4f}")

@@ -2,7 +2,8 @@
 
 The student's mean-pooled embeddings on held-out text must end clearly closer to the teacher's
 than the layer-copied starting point. Measured here (1 thread, batch 16, seq 64, 40 steps,
-lr 3e-4): mean cosine 0.37 before -> about 0.8 after; the asserts leave room for noise.
+lr 3e-4): mean cosine 0.369 before -> 0.660 after (2.7 s/step on a loaded 2-core machine); the
+asserts leave room for noise.
 """
 
 from __future__ import annotations
