@@ -149,7 +149,9 @@ def test_quanto_int8_reloads_in_a_fresh_process_with_equal_outputs(movie: Any, t
     assert torch.equal(fresh["hidden"], in_memory)
     assert sum(isinstance(m, QLinear) for m in result.state.model.modules()) == 37
     weights = (out / "model.safetensors").stat().st_size
-    assert weights < 40_000_000, f"quanto int8 weights are {weights / 1e6:.1f} MB"  # embeddings stay fp32
+    # quanto quantizes Linear layers only: the 11.9M-parameter embedding tables stay fp32 (47.7 MB),
+    # the 10.6M linear weights become int8 (~10.7 MB with scales); fp32 safetensors: 90.9 MB.
+    assert 55_000_000 < weights < 60_000_000, f"quanto int8 weights are {weights / 1e6:.1f} MB"
 
 
 def test_auto_measures_default_cpu_candidates_and_keeps_the_fastest_passing(movie: Any, tmp_path: Path) -> None:
