@@ -60,7 +60,7 @@ def _smollm2_folder() -> Path:
     packed = [n for n, m in model.named_modules() if "Gguf" in type(m).__name__]
     if packed:
         raise BadInputError(f"builtin:SmolLM2-135M: GGUF weights stayed packed ({packed[0]}); cannot convert")
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -103,7 +103,7 @@ def model_layers(model: nn.Module, family: str) -> Any:
     return get_module(base, FAMILIES[family]["paths"]["layers"])
 
 
-def set_attention_attributes(attention: nn.Module, family: str, heads: int, kv_heads: int, head_dim: int) -> None:
+def set_attention_attributes(attention: Any, family: str, heads: int, kv_heads: int, head_dim: int) -> None:
     """Update what the stock forward pass reads about the number of heads of one layer."""
     kind = FAMILIES[family]["kind"]
     if kind == "decoder":
@@ -189,8 +189,8 @@ def _make_model_class(family: str, head: str, config_class: type) -> type:
 # One config class and one model class per task head for each family, created from the stock
 # classes (PrunedBertConfig, PrunedBertModel, PrunedBertForSequenceClassification, PrunedLlamaForCausalLM...).
 # A family whose classes this transformers version lacks is skipped rather than breaking the import.
-CONFIG_CLASSES: dict[str, type] = {}
-MODEL_CLASSES: dict[tuple[str, str], type] = {}
+CONFIG_CLASSES: dict[str, Any] = {}
+MODEL_CLASSES: dict[tuple[str, str], Any] = {}
 for _family, _spec in FAMILIES.items():
     try:
         _config_cls = _make_config_class(_family)
