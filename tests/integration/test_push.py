@@ -226,6 +226,24 @@ def test_only_output_folders_with_a_verification_block_are_pushed(output_folder:
         push_to_hub(partial, "alice/x", token="unused")
 
 
+def test_cli_fresh_process_up_to_date_and_read_only(hub_server: HubServer, output_folder: Path) -> None:
+    """``hfcompress push`` in a subprocess (HF_ENDPOINT set before import): exit codes, no token shown."""
+    with hub_server.patch_client():
+        push_to_hub(output_folder, "alice/cli-fast", token=hub_server.write_token)
+    commits = len(hub_server.history("alice/cli-fast"))
+    env = {**os.environ, **hub_server.env(token=hub_server.write_token)}
+    cmd = [sys.executable, "-m", "hfcompress", "push", str(output_folder), "--repo-id", "alice/cli-fast", "--json"]
+    same = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["commit_id"] is None and len(hub_server.history("alice/cli-fast")) == commits
+    read_only = subprocess.run(cmd, env={**env, "HF_TOKEN": hub_server.read_token}, capture_output=True, text=True,
+                               timeout=300)
+    assert read_only.returncode == 2 and "hf auth login" in read_only.stderr
+    assert json.loads(read_only.stdout)["exit_code"] == 2
+    for token in (hub_server.write_token, hub_server.read_token):
+        assert token not in same.stdout + same.stderr + read_only.stdout + read_only.stderr
+
+
 @pytest.mark.slow
 def test_cli_in_a_fresh_process_exit_codes_and_no_token_anywhere(
     hub_server: HubServer, output_folder: Path
@@ -259,3 +277,32 @@ def test_cli_in_a_fresh_process_exit_codes_and_no_token_anywhere(
     assert not any(hub_server.read_token in text for text in outputs)
     assert token.encode() not in _all_text(output_folder)
     assert token.encode() not in _all_text(Path(env["HF_HOME"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("step", "plain"), [
+    ({"head-pruning": {"ratio": 0.5}}, "transformers"),  # ships its modeling file: trust_remote_code
+    ({"quantization": {"backend": "onnxruntime"}}, "onnxruntime"),  # model.onnx in a bare InferenceSession
+])
+def test_compress_push_to_runs_the_same_push(
+    hub_client: HubServer, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    step: dict, plain: str,
+) -> None:
+    """compress(push_to=...) with real techniques; the plain-loader check matches the format."""
+    from hfcompress import compress
+
+    monkeypatch.setenv("HFCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_TOKEN", hub_client.write_token)
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"sentence number {i} of the data", "label": i % 2})
+                              for i in range(60)))
+    recipe = {"model": str(tiny_bert_dir), "data": str(data), "steps": [step],
+              "evaluate": {"max_samples": 8, "repeats": 2, "warmup": 1, "sequence_length": 16}}
+    result = compress(recipe=recipe, output_dir=tmp_path / "out", push_to="alice/compressed")
+    assert result.push is not None and result.push["commit_id"] == hub_client.head("alice/compressed")
+    assert result.push["commit_message"] == f"hfcompress: {next(iter(step))} on tiny-bert"
+    checks = {c["loader"]: c["status"] for c in result.push["verification"]["checks"]}
+    assert checks == {"hfcompress.load": "ok", plain: "ok"}
+    remote = hub_client.files("alice/compressed")
+    assert remote["README.md"] == (tmp_path / "out" / "README.md").read_bytes()
+    assert set(remote) == {".gitattributes", *(p.name for p in (tmp_path / "out").iterdir())}
