@@ -431,3 +431,19 @@ def test_distilling_a_head_pruned_model_keeps_its_saver_and_round_trips(tiny_ber
     batch = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     with torch.no_grad():
         assert torch.allclose(out.model(**batch).last_hidden_state, again.model(**batch).last_hidden_state, atol=1e-6)
+
+
+def test_bf16_autocast_on_cpu_keeps_fp32_weights(tiny_bert_dir, accelerator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import math
+
+    import torch
+
+    load = _loader(tiny_bert_dir, "feature-extraction")
+    result = _run(load(), _ctx(load, accelerator, tmp_path), student=NARROW, mixed_precision="bf16", max_steps=10)
+    assert result.changes["mixed_precision"] == "bf16"
+    assert all(math.isfinite(v) for _, v in result.changes["loss_history"])
+    assert result.changes["loss_history"][-1][1] < result.changes["loss_history"][0][1]
+    assert {p.dtype for p in result.state.model.parameters()} == {torch.float32}  # master weights stay fp32
+    assert _run(load(), _ctx(load, accelerator, tmp_path), max_steps=1).changes["mixed_precision"] == "no"  # auto on CPU
+    with pytest.raises(BadInputError, match="fp16"):
+        _run(load(), _ctx(load, accelerator, tmp_path), mixed_precision="fp16")
