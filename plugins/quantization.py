@@ -505,6 +505,14 @@ def _save_onnx(state: ModelState, path: Path) -> None:
         shutil.copyfile(src, dst)
     if state.model.config is not None:
         state.model.config.save_pretrained(str(path))
+        # An ONNX folder carries no PyTorch modeling code: an auto_map left in config.json
+        # (head-pruned models) would point plain transformers at files that are not there.
+        import json
+
+        config_file = path / "config.json"
+        data = json.loads(config_file.read_text())
+        if data.pop("auto_map", None) is not None:
+            config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 _WRAPPERS: dict[str, Any] = {}

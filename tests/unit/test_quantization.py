@@ -326,3 +326,25 @@ def test_every_backend_works_after_head_pruning(backend: str, heads_to_remove: l
         # per-layer counts cannot be given to ORT's fusion, the other fusions still apply.
         assert fused.get("Attention") == (2 if heads_to_remove == [1, 1] else None)
         assert fused["SkipLayerNormalization"] == 4
+        # Plain onnxruntime + tokenizer run the pruned model's folder (no modeling code needed).
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        assert "auto_map" not in json.loads((out / "config.json").read_text())
+        enc = AutoTokenizer.from_pretrained(out)(TEXTS[:2], padding=True, return_tensors="np")
+        assert ort.InferenceSession(str(out / "model.onnx")).run(None, dict(enc))[0].shape[:2] == enc["input_ids"].shape
+
+
+def test_onnxruntime_on_a_sequence_classifier_returns_logits(tmp_path: Path) -> None:
+    from hfcompress.testing.models import make_tiny_bert
+
+    folder = make_tiny_bert(tmp_path / "cls", task="text-classification", num_labels=3)
+    state = _load(folder, "text-classification")
+    before = _outputs(state)
+    result = _technique().apply(state, _config(backend="onnxruntime", graph_optimization="none"), _ctx(tmp_path))
+    out = _outputs(result.state)
+    assert out.shape == (6, 3)
+    assert "top1_agreement" in result.changes["fidelity_to_input"]
+    assert _cos(out, before) > 0.95
+    save_state(result.state, tmp_path / "out")
+    assert load_state(tmp_path / "out").model(**state.tokenizer(TEXTS[:2], return_tensors="pt")).logits.shape == (1 * 2, 3)
