@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,22 @@ def built_from_state(state: Any, folder: Path, task: str) -> Built:
                  compute_dtype=dtype, set_threads=set_threads, model=model, info=info)
 
 
+def _code_fingerprint() -> str:
+    """Hash of hfcompress' core and built-in plugin sources (a plugin fix invalidates cached outputs)."""
+    import hashlib
+
+    import hfcompress_plugins
+
+    import hfcompress
+
+    digest = hashlib.sha256()
+    for package in (hfcompress, hfcompress_plugins):
+        root = Path(package.__file__).parent
+        for file in sorted(root.rglob("*.py")):
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def build_hfcompress(name: str, recipe: dict[str, Any], model: str, task: str | None = None) -> Built:
     """Run ``hfcompress.compress`` (output folder cached by recipe), reload it and wrap it.
 
@@ -202,8 +219,10 @@ def build_hfcompress(name: str, recipe: dict[str, Any], model: str, task: str | 
     full = dict(recipe, model=model)
     if task:
         full["task"] = task
-    key = fingerprint(full)
-    out = bench_cache("hfcompress") / f"{name}-{key}"
+    # The output is reused only while the recipe AND the code that produced it are unchanged.
+    key = fingerprint([full, _code_fingerprint()])
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    out = bench_cache("hfcompress") / f"{slug}-{key}"
     if not (out / "results.json").exists():
         if out.exists():
             shutil.rmtree(out)

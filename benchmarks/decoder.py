@@ -160,7 +160,7 @@ class DecoderSuite:
 
     def recipes(self) -> dict[str, tuple[str, dict[str, Any]]]:
         steps = self.settings.distill_max_steps
-        evaluate = {"max_samples": 32, "repeats": 2, "warmup": 1}
+        evaluate = {"max_samples": 32, "repeats": 2, "warmup": 1, "evaluators": ["fidelity"]}
         prune = {"head-pruning": {"ratio": 0.33, "ffn_ratio": 0.5}}
         distil = {"distillation": {"max_steps": steps, "batch_size": 8, "sequence_length": 64}}
         return {

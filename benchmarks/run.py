@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", default=None,
                      help="comma-separated substrings: run only variants whose name contains one (for debugging)")
     run.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
+    prof = sub.add_parser("profile", help="operator profile of one model folder (where the time goes)")
+    prof.add_argument("folder", type=Path, help="an hfcompress output folder (see info.artifact in a results file)")
+    prof.add_argument("--threads", type=int, default=1)
+    prof.add_argument("--shape", choices=sorted(SHAPES), default="b8xs128")
+    prof.add_argument("--runs", type=int, default=5)
+    prof.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md (default: print)")
     return parser
 
 
@@ -110,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     for ours in ("benchmarks", "hfcompress"):
         logging.getLogger(ours).setLevel(logging.INFO)
+    if args.command == "profile":
+        import json
+
+        from .profile import markdown, profile_folder
+
+        report = profile_folder(args.folder, args.threads, args.shape, args.runs)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+            args.out.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     suites = ["encoder", "decoder"] if args.suite == "all" else [args.suite]
     failed = 0
