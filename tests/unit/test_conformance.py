@@ -314,3 +314,14 @@ def test_pytest_fixtures_for_plugin_authors(pytester: pytest.Pytester) -> None:
     """))
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.slow
+def test_end_to_end_runs_compress_with_the_technique(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    report = check_technique(Scale, configs=[{"factor": 0.5}], tmp_path=tmp_path, models=tiny, families=("bert",),
+                             end_to_end=True)
+    results = report.end_to_end
+    assert results is not None
+    assert [(s["technique"], s["changes"]) for s in results["steps"]] == [("scale", {"factor": 0.5})]
+    assert results["compressed"]["num_parameters"] == results["base"]["num_parameters"]
+    assert 0.0 < results["compressed"]["metrics"]["fidelity_cosine_mean"] <= 1.0

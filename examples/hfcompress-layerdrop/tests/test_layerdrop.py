@@ -188,3 +188,18 @@ def test_data_requirement() -> None:
     assert technique.data_requirement(LayerDropConfig(keep=2)) == "text"
     assert technique.data_requirement(LayerDropConfig(keep=2, criterion="top")) == "none"
     assert technique.data_requirement(LayerDropConfig(layers=[1])) == "none"
+
+
+def test_end_to_end_through_compress(tmp_path: Path, tiny_bert_dir: Path, hfcompress_cache: Path) -> None:
+    """The kit's end-to-end run: hfcompress.compress with layer-drop on the tiny BERT and real sentences."""
+    from transformers import AutoModel
+
+    report = check_technique(LayerDrop, configs=[{"keep": 1}], tmp_path=tmp_path, models={"bert": tiny_bert_dir},
+                             families=("bert",), end_to_end=True)
+    results = report.end_to_end
+    assert results is not None
+    base = AutoModel.from_pretrained(tiny_bert_dir)
+    [dropped] = results["steps"][0]["changes"]["dropped"]
+    per_layer = sum(p.numel() for p in base.encoder.layer[dropped].parameters())
+    assert results["base"]["num_parameters"] == base.num_parameters()
+    assert results["compressed"]["num_parameters"] == base.num_parameters() - per_layer
