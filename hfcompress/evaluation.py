@@ -83,6 +83,8 @@ def round_value(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             return value
+        if value.is_integer() and abs(value) < 2**53:  # counts (bytes, parameters) stay exact
+            return int(value)
         rounded = float(f"{value:.6g}")
         # whole numbers print without ".0" on the card and in JSON, whatever produced them
         return int(rounded) if rounded.is_integer() and abs(rounded) < 2**53 else rounded

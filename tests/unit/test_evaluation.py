@@ -107,6 +107,7 @@ def test_compare_blocks() -> None:
 
 def test_round_value_and_directions() -> None:
     assert round_value(0.123456789) == 0.123457 and round_value(12345678.9) == 12345700
+    assert round_value(4713318.0) == 4713318 and round_value(0.99999999) == 1  # counts stay exact
     assert round_value(3.0) == 3 and isinstance(round_value(3.0), int) and round_value(7) == 7
     assert higher_is_better("accuracy") and higher_is_better("fidelity_cosine_mean")
     assert not higher_is_better("perplexity") and not higher_is_better("fidelity_kl")
