@@ -474,7 +474,7 @@ def _run_case(
         raise ConformanceError(technique, f"state.loader is {new.loader!r}; it must be this technique's name",
                                f"set state.loader = {technique.name!r} and implement load_artifact")
 
-    texts = [str(r) for r in ctx.train_data["text"][:OUTPUT_TEXTS]]
+    texts = [str(r) for r in train_data["text"][:OUTPUT_TEXTS]]
     try:
         before = _outputs(new, texts)
     except Exception as exc:
