@@ -11,8 +11,10 @@ and measured:
 - size: bytes of the weights file(s) on disk (model.onnx / model.safetensors);
 - latency: median of ``--repeats`` forwards of one batch (``--batch`` × ``--seq`` tokens, real
   held-out sentences padded to ``--seq``) after 2 warm-ups, with ``--threads`` threads for
-  PyTorch and ONNX Runtime alike; the ratio is to PyTorch fp32 measured in the same run (before
-  and after the variants; the mean of the two is used, both are recorded);
+  PyTorch and ONNX Runtime alike. All variants are built first and then timed round-robin (one
+  forward of each variant per round), so a busy neighbour on a shared machine slows every
+  variant alike; the ratio is to PyTorch fp32 timed in the same rounds. The load average before
+  and after is recorded;
 - cosine: mean-pooled embedding (or logits) cosine to the unquantized model on ``--held-out``
   sentences of the evaluation split, which calibration never sees.
 
@@ -26,10 +28,15 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/profile.py would
+# shadow the standard library's profile module (imported by torch): take that entry out.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -66,24 +73,29 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name in names or p.name.startswith("model-0"))
 
 
-def latency_ms(state: Any, batch: dict[str, Any], threads: int, repeats: int) -> float:
+def round_robin_latency_ms(states: dict[str, Any], batch: dict[str, Any], threads: int,
+                           repeats: int) -> dict[str, float]:
+    """Median latency of each state, timed one forward per state per round."""
     import torch
 
     from hfcompress.runner import fixed_threads, forward, model_device
 
-    if hasattr(state.model, "set_num_threads"):
-        state.model.set_num_threads(threads)
-    cuda = model_device(state).type == "cuda"
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in states}
     with fixed_threads(threads):
-        for i in range(repeats + 2):
-            started = time.perf_counter()
-            forward(state, batch)
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        for state in states.values():
+            if hasattr(state.model, "set_num_threads"):
+                state.model.set_num_threads(threads)
+            for _ in range(2):  # warm-up
+                forward(state, batch)
+        for _ in range(repeats):
+            for name, state in states.items():
+                cuda = model_device(state).type == "cuda"
+                started = time.perf_counter()
+                forward(state, batch)
+                if cuda:
+                    torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def reduced(state: Any, texts: list[str]) -> Any:
@@ -158,7 +170,8 @@ def main() -> None:
     reference = reduced(base, held_out)
     timing_batch = tokenize(base, held_out[: args.batch], args.seq)
     assert timing_batch["input_ids"].shape == (args.batch, args.seq)
-    fp32_before = latency_ms(base, timing_batch, args.threads, args.repeats)
+    load_before = os.getloadavg()
+    states: dict[str, Any] = {}
     scratch = Path(tempfile.mkdtemp(prefix="quant-sweep-"))
     save_state(base, scratch / "pytorch-fp32")
 
@@ -194,7 +207,7 @@ def main() -> None:
             row["build_s"] = round(time.perf_counter() - started, 1)
             row["format"] = state.format
             row["size_mb"] = round(weights_bytes(folder) / 1e6, 2)
-            row["latency_ms"] = round(latency_ms(state, timing_batch, args.threads, args.repeats), 1)
+            states[name] = state
             cos = torch.nn.functional.cosine_similarity(reduced(state, held_out), reference, dim=-1)
             row["cosine_mean"], row["cosine_min"] = round(float(cos.mean()), 5), round(float(cos.min()), 5)
         except Exception as exc:  # a variant that cannot run here is reported, not fatal
@@ -202,17 +215,22 @@ def main() -> None:
             print("   failed:", row["error"], flush=True)
         print("  ", {k: v for k, v in row.items() if k != "changes"}, flush=True)
 
-    fp32_after = latency_ms(base, timing_batch, args.threads, args.repeats)
-    fp32 = (fp32_before + fp32_after) / 2
+    states.setdefault("pytorch-fp32", base)
+    print(f"[{time.strftime('%H:%M:%S')}] timing {len(states)} variants round-robin", flush=True)
+    latencies = round_robin_latency_ms(states, timing_batch, args.threads, args.repeats)
+    load_after = os.getloadavg()
+    fp32 = latencies["pytorch-fp32"]
     for row in rows:
-        if "latency_ms" in row:
+        if row["variant"] in latencies:
+            row["latency_ms"] = round(latencies[row["variant"]], 1)
             row["ratio_to_fp32"] = round(row["latency_ms"] / fp32, 3)
 
     report = {
         "model": args.model, "task": task, "data": args.data, "device": str(device),
         "threads": args.threads, "batch": args.batch, "sequence_length": args.seq, "repeats": args.repeats,
         "held_out_sentences": len(held_out), "calibration_texts": args.calibration,
-        "pytorch_fp32_latency_ms": {"before": round(fp32_before, 1), "after": round(fp32_after, 1), "used": round(fp32, 1)},
+        "pytorch_fp32_latency_ms": round(fp32, 1), "timing": "round-robin, one forward per variant per round",
+        "load_average_1_5_15": {"before": load_before, "after": load_after},
         "environment": {"cpu": cpu_description(), "torch": torch.__version__, "transformers": transformers.__version__,
                         "onnxruntime": onnxruntime.__version__, "optimum-quanto": optimum.quanto.__version__,
                         "accelerate": accelerate.__version__,
@@ -225,8 +243,8 @@ def main() -> None:
     lines = [
         f"{args.model} on {device} ({report['environment']['cpu'].get('model', '?')}), {args.threads} thread(s), "
         f"batch {args.batch} x seq {args.seq}, median of {args.repeats}; cosine: mean-pooled/logits on "
-        f"{len(held_out)} held-out {args.data} sentences. PyTorch fp32: {fp32_before:.0f} ms before, "
-        f"{fp32_after:.0f} ms after the variants.",
+        f"{len(held_out)} held-out {args.data} sentences. Variants timed round-robin; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (machine shared with other jobs).",
         "",
         "| variant | format | size MB | latency ms | ratio to fp32 | cosine mean | cosine min | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",

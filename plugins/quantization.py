@@ -300,11 +300,16 @@ class Quantization(Technique[QuantizationConfig]):
             "input_latency_ms": baseline, "candidates": measured,
         }
         if best is None:
+            for name in _candidate_names(config, device.type):
+                shutil.rmtree(Path(ctx.work_dir) / name.replace(":", "-"), ignore_errors=True)
             log.warning("quantization auto: no candidate passed; the model is left unquantized")
             changes.update(chosen=None, reason="no candidate passed the quality gate or built on this device")
             return StepResult(state, changes)
         changes["chosen"] = best[1]
         chosen = best[2]
+        for name in _candidate_names(config, device.type):  # drop the other candidates' exports
+            if name != best[1]:
+                shutil.rmtree(Path(ctx.work_dir) / name.replace(":", "-"), ignore_errors=True)
         chosen.info.setdefault("quantization", {})["auto"] = {
             "chosen": best[1], "candidates": [r["candidate"] for r in measured]}
         return StepResult(chosen, changes)
@@ -475,6 +480,10 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
         choice = next(iter(options))
     details["graph_optimization"] = choice
     final = options[choice]
+    # Intermediate graphs (fp32 export, fused fp32, the slower quantized option) are 100s of MB
+    # for larger models and live in the step's work dir; only the chosen graph is kept.
+    for leftover in [exported, work_dir / "optimized.onnx", *(p for k, p in options.items() if k != choice)]:
+        leftover.unlink(missing_ok=True)
     model = ort_tools.OnnxModel(final, model_config, state.task)
     details["size_bytes"] = final.stat().st_size
     return ModelState(model, state.tokenizer, state.task, format="onnx", saver=_save_onnx,

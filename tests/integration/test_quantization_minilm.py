@@ -171,3 +171,43 @@ def test_auto_measures_default_cpu_candidates_and_keeps_the_fastest_passing(movi
     save_state(result.state, tmp_path / "out")
     marker = json.loads((tmp_path / "out" / "config.json").read_text())["hfcompress"]
     assert marker["info"]["quantization"]["auto"]["chosen"] == result.changes["chosen"]
+
+
+# -- Llama family: the packaged SmolLM2-135M ----------------------------------------------------
+def _last_token_logits(state: ModelState, texts: list[str]) -> Any:
+    import torch
+
+    from hfcompress.runner import forward, reduce_output, tokenize
+
+    outs = []
+    for i in range(0, len(texts), 8):
+        batch = tokenize(state, texts[i: i + 8], 32)
+        outs.append(reduce_output(state, forward(state, batch), batch["attention_mask"]))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "quanto"])
+def test_smollm2_quantizes_and_reloads(backend: str, movie: Any, tmp_path: Path) -> None:
+    import torch
+    from hfcompress_plugins.quantization import Quantization, QuantizationConfig
+
+    from hfcompress.artifact import load_state
+
+    base = load_model(resolve_model("builtin:SmolLM2-135M"), "text-generation")
+    texts = list(movie.eval["text"][:32])
+    reference = _last_token_logits(base, texts)
+    config = QuantizationConfig(backend=backend, calibration_samples=16)
+    result = Quantization().apply(base, config, _ctx(tmp_path, movie.train))
+    out = tmp_path / "out"
+    save_state(result.state, out)
+    reloaded = load_state(out)
+    got = _last_token_logits(reloaded, texts)
+    assert torch.equal(got, _last_token_logits(result.state, texts))
+    agreement = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
+    cosine = float(torch.nn.functional.cosine_similarity(got, reference, dim=-1).mean())
+    size = sum(p.stat().st_size for p in out.iterdir() if p.name in ("model.onnx", "model.safetensors"))
+    print(f"SmolLM2 {backend}: {size / 1e6:.1f} MB, next-token top-1 agreement {agreement:.3f}, cosine {cosine:.4f}")
+    assert agreement >= 0.8 and cosine >= 0.95
+    if backend == "onnxruntime":
+        assert result.changes["kv_cache"] is False and reloaded.model.input_names == ["input_ids", "attention_mask"]
+        assert size < 250_000_000  # fp32: 538 MB
