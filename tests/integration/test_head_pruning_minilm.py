@@ -68,15 +68,19 @@ print(type(model).__module__, type(model).__name__)
 """
 
 
-@pytest.mark.slow  # ~30-40 s on the shared 2-core machine, most of it the isolated subprocess
-def test_minilm_third_of_heads_exact_parameters_and_reload_without_hfcompress(movie: Any, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pruned_minilm(movie: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelState, dict[str, Any]]:
+    """MiniLM with a third of its heads removed by gradient importance on vader:movie (pruned once)."""
     state = load_model(resolve_model("builtin:all-MiniLM-L6-v2"), "feature-extraction")
     assert sum(p.numel() for p in state.model.parameters()) == MINILM_PARAMETERS
     cfg = HeadPruningConfig(ratio=1 / 3, calibration_samples=64)
     HeadPruning().check(cfg, ModelTarget(config=state.model.config, task="feature-extraction", has_data=True))
-    result = HeadPruning().apply(state, cfg, _ctx(tmp_path, movie.train))
-    pruned = result.state
+    result = HeadPruning().apply(state, cfg, _ctx(tmp_path_factory.mktemp("prune"), movie.train))
+    return result.state, result.changes
 
+
+def test_minilm_third_of_heads_drops_exactly_the_head_slices(pruned_minilm: Any, movie: Any, tmp_path: Path) -> None:
+    pruned, changes = pruned_minilm
     # 12 heads x 6 layers, a third removed; each head owns 32 rows (+ biases) of Q, K and V and
     # 32 input columns of the attention output projection (hidden 384, head size 384 / 12 = 32)
     removed_heads = 24
@@ -84,19 +88,33 @@ def test_minilm_third_of_heads_exact_parameters_and_reload_without_hfcompress(mo
     expected = MINILM_PARAMETERS - removed_heads * per_head
     assert expected == 21_531_264
     assert sum(p.numel() for p in pruned.model.parameters()) == expected
-    assert result.changes["num_parameters_after"] == expected
-    assert sum(result.changes["heads_per_layer"]) == 48 and min(result.changes["heads_per_layer"]) >= 1
-    assert sum(len(r) for r in result.changes["removed_heads"]) == removed_heads
-    for layer, heads in zip(pruned.model.encoder.layer, result.changes["heads_per_layer"], strict=True):
+    assert changes["num_parameters_after"] == expected
+    assert sum(changes["heads_per_layer"]) == 48 and min(changes["heads_per_layer"]) >= 1
+    assert sum(len(r) for r in changes["removed_heads"]) == removed_heads
+    for layer, heads in zip(pruned.model.encoder.layer, changes["heads_per_layer"], strict=True):
         assert layer.attention.self.query.out_features == heads * 32
         assert layer.attention.output.dense.in_features == heads * 32
+    assert all(layer.intermediate.dense.out_features == 1536 for layer in pruned.model.encoder.layer)
 
     out = tmp_path / "pruned"
     save_state(pruned, out)
     config = json.loads((out / "config.json").read_text())
-    assert config["hfcompress_removed_heads"] == result.changes["removed_heads"]
+    assert config["hfcompress_removed_heads"] == changes["removed_heads"]
     assert config["auto_map"]["AutoModel"] == "modeling_hfcompress_pruned.PrunedBertModel"
+    # hfcompress.load needs no trust_remote_code and reproduces the in-memory model
+    inputs = _encode(pruned, list(movie.eval["text"][:8]))
+    model = hfcompress.load(out)
+    with torch.no_grad():
+        diff = (model(**inputs).last_hidden_state - pruned.model(**inputs).last_hidden_state).abs().max().item()
+    assert diff <= 1e-5
 
+
+@pytest.mark.slow  # ~30 s on the shared 2-core machine, most of it starting the isolated interpreter
+def test_pruned_minilm_reloads_where_hfcompress_cannot_be_imported(pruned_minilm: Any, movie: Any,
+                                                                    tmp_path: Path) -> None:
+    pruned, _ = pruned_minilm
+    out = tmp_path / "pruned"
+    save_state(pruned, out)
     inputs = _encode(pruned, list(movie.eval["text"][:8]))
     with torch.no_grad():
         in_memory = pruned.model(**inputs).last_hidden_state
@@ -109,11 +127,6 @@ def test_minilm_third_of_heads_exact_parameters_and_reload_without_hfcompress(mo
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("transformers_modules.") and "PrunedBertModel" in proc.stdout
     assert (torch.load(tmp_path / "out.pt") - in_memory).abs().max().item() <= 1e-5
-
-    # ... and hfcompress.load needs no trust_remote_code
-    model = hfcompress.load(out)
-    with torch.no_grad():
-        assert (model(**inputs).last_hidden_state - in_memory).abs().max().item() <= 1e-5
 
 
 def test_default_recipe_pruning_of_minilm_exports_to_onnx(movie: Any, tmp_path: Path) -> None:
