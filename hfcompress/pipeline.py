@@ -346,6 +346,14 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
 
 
 def configure_logging(verbose: bool = True) -> None:
+    """CLI logging: our progress lines on stderr; the libraries' per-request and per-file noise off."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="hfcompress: %(message)s"
     )
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()  # "Filter"/"Saving the dataset" bars say nothing useful here
+    transformers.utils.logging.disable_progress_bar()
