@@ -516,3 +516,30 @@ def test_pruned_encoder_exports_to_onnx(tiny_bert_dir: Path, tmp_path: Path) -> 
     pruned = HeadPruning().apply(state, HeadPruningConfig(ratio=0.5, ffn_ratio=0.5), _ctx(tmp_path)).state
     assert pruned.model.config.pruned_layout["num_attention_heads"] != [4, 4]
     assert export_and_compare(pruned, tmp_path / "model.onnx") <= 1e-4
+
+
+# ----------------------------------------------------------------------------------- through the pipeline
+
+
+@pytest.mark.slow  # two full compress() runs with base/compressed evaluation: minutes on a loaded machine
+def test_through_the_pipeline_with_step_cache(tiny_bert_dir: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfcompress import compress, load
+
+    monkeypatch.setenv("HFCOMPRESS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"{t} ({i})"}) for i, t in enumerate(TEXTS * 3)))
+    recipe = {"model": str(tiny_bert_dir), "data": str(data),
+              "steps": [{"head-pruning": {"ratio": 0.25, "ffn_ratio": 0.5, "calibration_samples": 16}}],
+              "evaluate": {"max_samples": 8, "repeats": 2, "warmup": 1, "sequence_length": 16}}
+    first = compress(recipe=recipe, output_dir=tmp_path / "o1")
+    step = first.results["steps"][0]
+    assert step["technique"] == "head-pruning" and step["changes"]["heads_after"] == 6
+    second = compress(recipe=recipe, output_dir=tmp_path / "o2")  # step reloaded via load_artifact
+    assert second.results["steps"][0]["cached"] is True
+    inputs = _inputs(_load(tiny_bert_dir, "feature-extraction"))
+    a, b = load(tmp_path / "o1"), load(tmp_path / "o2")
+    assert type(a).__name__ == "PrunedBertModel"
+    with torch.no_grad():
+        assert torch.equal(a(**inputs).last_hidden_state, b(**inputs).last_hidden_state)
+    assert json.loads((tmp_path / "o2" / "config.json").read_text())["hfcompress"]["loader"] == "head-pruning"
