@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -567,8 +567,8 @@ def _end_to_end(technique: Technique[Any], case: CaseResult, model_dir: Path, tm
 def check_technique(
     technique_cls: type[Technique[Any]],
     *,
-    configs: list[Any],
-    bad_configs: list[Any] = (),  # type: ignore[assignment]
+    configs: Sequence[Any],
+    bad_configs: Sequence[Any] = (),
     tmp_path: Path,
     families: Iterable[str] = FAMILIES,
     models: Mapping[str, Path] | None = None,
