@@ -114,17 +114,22 @@ def measure_memory(folder: Path, ctx: EvalContext, scratch: Path) -> dict[str, f
         "threads": s.threads,
     }
     request_file = scratch / "memory-request.json"
+    # the answer comes back in a file: loaders may write anything to stdout (no trailing newline included)
+    result_file = scratch / "memory-result.json"
+    result_file.unlink(missing_ok=True)
+    request["result_file"] = str(result_file)
     request_file.write_text(json.dumps(request))
     proc = subprocess.run(
         [sys.executable, "-m", "hfcompress_plugins.eval_size", str(request_file)],
         capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env={**os.environ, **CHILD_ENV},
+        stdin=subprocess.DEVNULL,  # never wait on a prompt (transformers asks about remote code on stdin)
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0 or not result_file.is_file():
         raise RuntimeError(
-            f"measuring peak memory of {folder} in a subprocess failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}"
+            f"measuring peak memory of {folder} in a subprocess failed (exit {proc.returncode}): "
+            f"{(proc.stderr.strip() or proc.stdout.strip())[-800:]}"
         )
-    measured: dict[str, Any] = json.loads(lines[-1])
+    measured: dict[str, Any] = json.loads(result_file.read_text())
     return {"peak_memory_load_mb": float(measured["load_mb"]), "peak_memory_mb": float(measured["run_mb"])}
 
 
@@ -201,7 +206,7 @@ def _child(request_file: str) -> None:
         state.model.set_num_threads(int(request["threads"]))
     forward(state, batch)
     run_peak = meter.peak()
-    print(json.dumps({
+    Path(request["result_file"]).write_text(json.dumps({
         "load_mb": max(0, load_peak - baseline) / 1e6,
         "run_mb": max(0, run_peak - baseline) / 1e6,
         "baseline_mb": baseline / 1e6,
