@@ -14,7 +14,7 @@ from typing import Any
 from .flops import gemm_peak
 from .harness import VariantSpec, add_fractions, best_peaks, run_variant
 from .report import RESULTS_DIR, environment, write_results
-from .timing import SHAPES, Timing
+from .timing import SHAPES
 
 log = logging.getLogger("benchmarks")
 
@@ -66,12 +66,12 @@ def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None
     import torch
 
     started = time.time()
-    timing = Timing(warmup=1, repeats=5) if quick else Timing(warmup=3, repeats=15)
+    suite = _make_suite(name, quick)
+    timing = suite.timing
     env = environment(threads)
     log.info("measuring the GEMM peak at %s thread(s)", threads)
     peaks = {str(t): gemm_peak(t, repeats=5 if quick else 9) for t in threads}
     log.info("GEMM peak: %s", peaks)
-    suite = _make_suite(name, quick)
     torch.set_num_threads(max(threads))
     suite.prepare()
     specs: list[VariantSpec] = suite.variants()
