@@ -69,21 +69,23 @@ def make_family(family: str, path: Path, task: str = "feature-extraction") -> Pa
         return make_tiny_llama(path)
     torch.manual_seed(0)
     tok = _tokenizer()
-    if family == "roberta":
-        config = transformers.RobertaConfig(
+    if family in ("roberta", "xlm-roberta", "electra"):
+        prefix = {"roberta": "Roberta", "xlm-roberta": "XLMRoberta", "electra": "Electra"}[family]
+        config = getattr(transformers, f"{prefix}Config")(
             vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=140, pad_token_id=0,
         )
-        model = (transformers.RobertaForSequenceClassification if task == "text-classification"
-                 else transformers.RobertaModel)(config)
+        head = "ForSequenceClassification" if task == "text-classification" else "Model"
+        model = getattr(transformers, f"{prefix}{head}")(config)
     elif family == "distilbert":
         config = transformers.DistilBertConfig(
             vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
         )
         model = (transformers.DistilBertForSequenceClassification if task == "text-classification"
                  else transformers.DistilBertModel)(config)
-    elif family in ("qwen2", "mistral"):
+    elif family in ("qwen2", "qwen3", "mistral"):
         cls = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+               "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
                "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[family]
         config = cls[0](
             vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -244,10 +246,13 @@ def _linear_params(layer_in: int, layer_out: int, bias: bool) -> int:
         ("bert", "feature-extraction"),
         ("bert", "text-classification"),
         ("roberta", "feature-extraction"),
+        ("xlm-roberta", "text-classification"),
+        ("electra", "feature-extraction"),
         ("distilbert", "text-classification"),
         ("llama", "text-generation"),
         ("qwen2", "text-generation"),
         ("mistral", "text-generation"),
+        ("qwen3", "text-generation"),
     ],
 )
 def test_prune_save_and_reload_every_family(family: str, task: str, tmp_path: Path) -> None:
