@@ -48,7 +48,7 @@ class EncoderSettings:
     metric_sequence_length: int = 64  # 99% of vader:movie sentences fit in 64 tokens
     metric_batch_size: int = 32
     finetune_samples: int = 1600
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
     distill_max_steps: int | None = None  # None: the recipes' own values
     compress_eval_samples: int = 128  # hfcompress' own evaluation inside compress(); we measure separately
     warmup: int = 2
@@ -56,7 +56,7 @@ class EncoderSettings:
 
     @classmethod
     def quick(cls) -> EncoderSettings:
-        return cls(eval_samples=256, probe_train_samples=1000, finetune_samples=640, distill_max_steps=25,
+        return cls(eval_samples=256, probe_train_samples=1000, finetune_samples=640, finetune_epochs=1, distill_max_steps=25,
                    compress_eval_samples=32, warmup=1, repeats=5)
 
 
