@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUIRED_VARIANT_KEYS", "environment", "markdown_table", "plot", "validate_results", "write_results"]
+__all__ = ["REQUIRED_VARIANT_KEYS", "environment", "head_text", "headline", "markdown_table", "plot", "validate_results", "write_results"]
 
 REQUIRED_VARIANT_KEYS = ("name", "tool", "size_bytes", "num_parameters", "latency_ms", "metrics", "flops_per_batch",
                          "error")
@@ -66,6 +66,8 @@ def write_results(results: dict[str, Any], out_dir: Path = RESULTS_DIR) -> dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date']}-{results['suite']}" + ("-quick" if results.get("quick") else "")
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
+    results["headline"] = headline(results)
+    results["headline_task"] = headline(results, "fine-tuned classifier + hfcompress default", "task")
     paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
     paths["md"].write_text(markdown_table(results))
     try:
@@ -92,6 +94,58 @@ def reference_variant(results: dict[str, Any], group: str = "baseline") -> dict[
     return None
 
 
+def headline(results: dict[str, Any], name: str = "hfcompress default recipe", group: str = "baseline") -> dict[str, Any] | None:
+    """The default recipe against PyTorch fp32 and the fastest single-tool baseline (headline threads).
+
+    ``group="task"`` compares the compressed fine-tuned classifier with its own fp32/bf16 rows.
+    """
+    env = results["environment"]
+    t = str(env["headline_threads"])
+    shapes = list(results["shapes"])
+    ok = {v["name"]: v for v in _ok(results)}
+    ours, ref = ok.get(name), reference_variant(results, group)
+    baselines = [v for v in _ok(results) if v.get("group", "baseline") == group and v["tool"] != "hfcompress"]
+    if ours is None or ref is None or not baselines:
+        return None
+    quality = next((q for q in ("probe_accuracy", "accuracy", "perplexity") if q in ours["metrics"]), "")
+    out: dict[str, Any] = {"variant": name, "threads": int(t), "quality_metric": quality, "shapes": {}}
+    for shape in shapes:
+        best = min(baselines, key=lambda v: v["latency_ms"][t][shape])
+        out["shapes"][shape] = {
+            "latency_ms": ours["latency_ms"][t][shape],
+            "speedup_vs_fp32": round(ref["latency_ms"][t][shape] / ours["latency_ms"][t][shape], 3),
+            "best_baseline": best["name"],
+            "speedup_vs_best_baseline": round(best["latency_ms"][t][shape] / ours["latency_ms"][t][shape], 3),
+        }
+    smallest = min(baselines, key=lambda v: v["size_bytes"])
+    out["size_ratio_vs_fp32"] = round(ours["size_bytes"] / ref["size_bytes"], 4)
+    out["smallest_baseline"] = smallest["name"]
+    out["size_ratio_vs_smallest_baseline"] = round(ours["size_bytes"] / smallest["size_bytes"], 4)
+    out["cosine_to_base"] = ours["metrics"].get("cosine_to_base")
+    if quality in ref["metrics"] and quality in ours["metrics"]:
+        out[f"{quality}_fp32"] = ref["metrics"][quality]
+        out[quality] = ours["metrics"][quality]
+        out[f"{quality}_change"] = round(ours["metrics"][quality] - ref["metrics"][quality], 6)
+    return out
+
+
+def head_text(h: dict[str, Any]) -> str:
+    parts = []
+    for shape, d in h["shapes"].items():
+        parts.append(f"{shape}: {d['latency_ms']:.1f} ms, {d['speedup_vs_fp32']:.2f}x faster than PyTorch fp32, "
+                     f"{d['speedup_vs_best_baseline']:.2f}x vs the fastest single tool ({d['best_baseline']})")
+    text = f"**{h['variant']}** ({h['threads']} thread): " + "; ".join(parts) + ". "
+    text += (f"Size {h['size_ratio_vs_fp32']:.3f}x of fp32, {h['size_ratio_vs_smallest_baseline']:.2f}x of the "
+             f"smallest single tool ({h['smallest_baseline']}).")
+    q = h["quality_metric"]
+    if q in h:
+        text += f" {q}: {h[q]:.4f} vs {h[q + '_fp32']:.4f} for fp32 ({h[q + '_change']:+.4f})"
+        if h.get("cosine_to_base") is not None:
+            text += f"; mean cosine to fp32 {h['cosine_to_base']:.4f}"
+        text += "."
+    return text
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     env = results["environment"]
     shapes = list(results["shapes"])
@@ -109,16 +163,19 @@ def markdown_table(results: dict[str, Any]) -> str:
                     for t, p in results["gemm_peak"].items()),
         "",
     ]
-    metric_names: list[str] = []
-    for v in _ok(results):
-        for k in v["metrics"]:
-            if k not in metric_names and not k.endswith("_min"):
-                metric_names.append(k)
+    heads = [headline(results), headline(results, "fine-tuned classifier + hfcompress default", "task")]
+    if any(heads):
+        lines += ["## Headline", ""] + [head_text(h) + "\n" for h in heads if h]
     for group in ("baseline", "task"):
         ref = reference_variant(results, group)
         rows = [v for v in results["variants"] if (v.get("group", "baseline") == "task") == (group == "task")]
         if not rows:
             continue
+        metric_names: list[str] = []
+        for v in rows:
+            for k in v["metrics"] if v["error"] is None else []:
+                if k not in metric_names and not k.endswith("_min") and not k.startswith("eval_"):
+                    metric_names.append(k)
         lines.append(f"## {'Sentence embeddings' if group == 'baseline' else 'Task-specific (fine-tuned classifier)'}"
                      if results["suite"] == "encoder" else "## Variants")
         lines.append("")
@@ -182,11 +239,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             continue
         x = v["latency_ms"][head_t][shape]
         ax2.scatter(x, q, s=max(20.0, v["size_bytes"] / 1e6 * 3), alpha=0.6,
+                    marker="s" if v.get("group") == "task" else "o",
                     color="tab:green" if v["tool"] == "hfcompress" else "tab:blue")
         ax2.annotate(v["name"], (x, q), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax2.set_xscale("log")
     ax2.set_xlabel(f"latency ms ({shape}, {head_t} thread), log scale; marker area ~ size")
-    ax2.set_ylabel(quality_key.replace("_", " ") + (" (task variants: accuracy)" if quality_key == "probe_accuracy" else ""))
+    ax2.set_ylabel(quality_key.replace("_", " ") + (" (squares: fine-tuned classifier accuracy)"
+                                                    if quality_key == "probe_accuracy" else ""))
     if quality_key == "perplexity":
         ax2.set_yscale("log")
     ax2.grid(alpha=0.3)
