@@ -263,15 +263,15 @@ def _comparison_table(base: dict[str, Any], comp: dict[str, Any], comparison: di
 def _steps_table(steps: list[dict[str, Any]]) -> list[str]:
     if not steps:
         return ["No compression steps: the compressed model is the base model, re-saved."]
-    rows = ["| # | Technique | Config | Seconds | What changed |", "|---|---|---|---:|---|"]
+    # configs are in the recipe section; the table says what each step did
+    rows = ["| # | Technique | Seconds | What changed |", "|---|---|---:|---|"]
     for i, step in enumerate(steps, 1):
         changes = step.get("changes") or {}
         shown = [f"{k}: {_short(v)}" for k, v in changes.items() if _short(v) is not None]
-        config = json.dumps(step.get("config") or {}, sort_keys=True, default=str).replace("|", "\\|")
         seconds = step.get("seconds")
         cached = " (cached)" if step.get("cached") else ""
         rows.append(
-            f"| {i} | {step.get('technique', '?')}{cached} | `{config}` | {fmt(seconds)} | "
+            f"| {i} | {step.get('technique', '?')}{cached} | {fmt(seconds)} | "
             + ("; ".join(shown).replace("|", "\\|") or "—")
             + " |"
         )
@@ -311,7 +311,8 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
     if fmt_name == "onnx" or (folder / "model.onnx").is_file():
         fetch = f'hf_hub_download("{repo}", "model.onnx")' if repo else f'"{where}/model.onnx"'
         imports = "from huggingface_hub import hf_hub_download\n" if repo else ""
-        out = "last_hidden_state (mean-pool it with the attention mask)" if task == "feature-extraction" else "logits"
+        out = "last_hidden_state" if task == "feature-extraction" else "logits"
+        note = "  # mean-pool it with the attention mask" if task == "feature-extraction" else ""
         return [
             "ONNX Runtime, no PyTorch needed (`pip install onnxruntime transformers`):",
             "",
@@ -322,7 +323,7 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
             f"session = ort.InferenceSession({fetch})",
             "names = {i.name for i in session.get_inputs()}",
             f'batch = tokenizer(["{text}"], padding=True, return_tensors="np")',
-            f"({out},) = session.run(None, {{k: v for k, v in batch.items() if k in names}})",
+            f"({out},) = session.run(None, {{k: v for k, v in batch.items() if k in names}}){note}",
             "```",
             "",
             *_hfcompress_load(repo, where),
@@ -525,6 +526,8 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
     if plot is not None:
         lines += [f"![Quality vs latency and size, base and compressed]({plot.name})", ""]
     gate = results.get("gate")
+    if gate and gate.get("config") is None and gate.get("passed"):
+        gate = None  # no gate was configured: nothing to report
     if gate:
         if gate.get("passed"):
             lines += ["Quality gate: **passed** (`" + json.dumps(gate.get("config"), sort_keys=True) + "`).", ""]

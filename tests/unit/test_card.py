@@ -222,3 +222,23 @@ def test_failed_gate_is_on_the_card(evaluated: dict[str, Any], tmp_path: Path) -
                                                 "config": {"max_drop": {"accuracy": 0.0}}}}
     text = write_card(folder, results, evaluated["recipe"]).read_text()
     assert "Quality gate: **failed**" in text and "- accuracy dropped by 0.5" in text
+
+
+def test_no_gate_configured_means_no_gate_line(evaluated: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "nogate"
+    shutil.copytree(evaluated["out"], folder)
+    results = {**evaluated["results"], "gate": {"passed": True, "failures": [], "config": None}}
+    assert "Quality gate" not in write_card(folder, results, evaluated["recipe"]).read_text()
+
+
+def test_onnx_snippet_is_valid_python(evaluated: dict[str, Any], tmp_path: Path) -> None:
+    import ast
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(evaluated["out"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["hfcompress"]["format"] = "onnx"
+    (folder / "config.json").write_text(json.dumps(config))
+    text = write_card(folder, evaluated["results"], evaluated["recipe"]).read_text()
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        ast.parse(block)
