@@ -69,3 +69,38 @@ def test_missing_metric_names_what_exists(section: str) -> None:
 def test_unknown_section_is_reported() -> None:
     failures = check_gate(_results(), {"max_drops": {"accuracy": 0.1}})
     assert failures and "max_drops" in failures[0]
+
+
+def test_impossible_gate_exits_3_keeps_the_folder_and_pushes_nothing(
+    tiny_bert_dir: Any, tmp_path: Any, hf_cache: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+
+    import hfcompress.hub
+    from hfcompress.cli import main
+
+    pushed: list[Any] = []
+    monkeypatch.setattr(hfcompress.hub, "push_to_hub", lambda *a, **k: pushed.append((a, k)) or {})
+    rows = [{"text": f"review {i}: {'great' if i % 2 else 'awful'} film", "label": i % 2} for i in range(60)]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": str(tiny_bert_dir), "data": str(data), "steps": [],
+        "evaluate": {"evaluators": ["task-metrics", "speed"], "batch_size": 4, "sequence_length": 16,
+                     "warmup": 0, "repeats": 1},
+        "gate": {"min": {"probe_accuracy": 1.5}},  # accuracy cannot exceed 1
+    }))
+    out = tmp_path / "out"
+    code = main(["run", str(recipe), "--output", str(out), "--push-to", "org/never", "--json", "--no-cache"])
+    assert code == 3
+    assert pushed == []
+    results = json.loads((out / "results.json").read_text())
+    assert results["gate"]["passed"] is False
+    assert results["gate"]["failures"] == check_gate(results, {"min": {"probe_accuracy": 1.5}})
+    assert "probe_accuracy" in results["gate"]["failures"][0]
+    card = (out / "README.md").read_text()
+    assert "Quality gate: **failed**" in card and results["gate"]["failures"][0] in card
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["exit_code"] == 3
