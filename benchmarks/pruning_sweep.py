@@ -15,7 +15,8 @@ with the ``head-pruning`` technique (no training afterwards) and measured:
   embedding of the pruned and of the unpruned model.
 
 Gradient importance uses the calibration (training) split of vader:movie; the held-out split is
-never seen by it. Results go to ``benchmarks/results/pruning_sweep.{json,md}``.
+never seen by it. Results go to ``benchmarks/results/pruning_sweep.{json,md}``
+(``pruning_sweep_per-layer.*`` with ``--scope per-layer``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "pruning_sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = "pruning_sweep" if args.scope == "global" else f"pruning_sweep_{args.scope}"
+    (args.output / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"MiniLM-L6 head-pruning sweep, no retraining ({args.scope} scope). Latency: {args.threads} thread, "
         f"batch {args.batch_size} x seq {args.sequence_length}, fp32, median of {args.repeats} interleaved rounds; "
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         lines.append(f"| {row['setting']} | {row['importance']} | {row['num_parameters']:,} | "
                      f"{row['latency_ratio']:.3f} | {row['cosine_mean']:.4f} | {row['cosine_p05']:.4f} |")
-    (args.output / "pruning_sweep.md").write_text("\n".join(lines) + "\n")
+    (args.output / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
