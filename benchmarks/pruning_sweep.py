@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     base_params = sum(p.numel() for p in base.model.parameters())
     report = {
         "model": "builtin:all-MiniLM-L6-v2",
-        "data": "vader:movie (fidelity on the held-out split, %d sentences)" % len(eval_texts),
+        "data": f"vader:movie (fidelity on the held-out split, {len(eval_texts)} sentences)",
         "base": {"num_parameters": base_params, "latency_ms": round(base_ms, 2)},
         "settings": {"threads": args.threads, "batch_size": args.batch_size, "sequence_length": args.sequence_length,
                      "warmup": args.warmup, "repeats": args.repeats, "statistic": "median, interleaved rounds",
