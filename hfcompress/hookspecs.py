@@ -2,7 +2,7 @@
 
 Three hooks, each receiving a ``register`` callback (the simonw/llm style): a plugin calls
 ``register(SomeClass)`` once per thing it provides. Keep this file short; every hook here is
-documented in ``docs/plugins.md`` and exercised by ``tests/unit/test_hookspecs.py``.
+documented in ``docs/plugins.md`` and exercised by ``tests/meta/test_hooks.py``.
 """
 
 from __future__ import annotations
