@@ -109,7 +109,6 @@ def test_minilm_third_of_heads_drops_exactly_the_head_slices(pruned_minilm: Any,
     assert diff <= 1e-5
 
 
-@pytest.mark.slow  # ~30 s on the shared 2-core machine, most of it starting the isolated interpreter
 def test_pruned_minilm_reloads_where_hfcompress_cannot_be_imported(pruned_minilm: Any, movie: Any,
                                                                     tmp_path: Path) -> None:
     pruned, _ = pruned_minilm
