@@ -1,7 +1,8 @@
 """head-pruning sweep on the packaged MiniLM: latency and fidelity vs how much is pruned, by importance.
 
-    .venv/bin/python benchmarks/pruning_sweep.py                 # full sweep (~5-10 min on 1 thread)
-    .venv/bin/python benchmarks/pruning_sweep.py --quick         # fewer repeats / calibration texts
+    .venv/bin/python -m benchmarks.pruning_sweep                  # full sweep (~5-20 min on 1 thread)
+    .venv/bin/python -m benchmarks.pruning_sweep --quick          # fewer repeats / calibration texts
+    .venv/bin/python -m benchmarks.pruning_sweep --scope per-layer
 
 For each setting (25/33/50 % of attention heads, 25/50 % of FFN neurons, and the default recipe's
 33 % heads + 50 % FFN) and each importance (gradient, magnitude), the unpruned model is pruned
