@@ -132,7 +132,7 @@ class QuantizationConfig(TechniqueConfig):
     """auto: for logits (classification / causal LM), minimum top-1 agreement with the input model."""
     threads: int = Field(1, gt=0, le=1024)
     """auto: CPU threads while timing (PyTorch and ONNX Runtime alike)."""
-    timing_batches: int = Field(3, gt=0, le=100)
+    timing_batches: int = Field(5, gt=0, le=100)
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizationConfig:
@@ -259,12 +259,11 @@ class Quantization(Technique[QuantizationConfig]):
               reference: Any) -> StepResult:
         device = _device_of(state)
         batches = _timing_batches(state, texts, config)
-        measured: list[dict[str, Any]] = []
-        baseline = _latency(state, batches, config.threads)
-        best: tuple[float, str, ModelState] | None = None
+        measured: dict[str, dict[str, Any]] = {}
+        passing: dict[str, ModelState] = {}
         for name in _candidate_names(config, device.type):
             row: dict[str, Any] = {"candidate": name}
-            measured.append(row)
+            measured[name] = row
             reason = _unsupported_reason(name, device, ctx)
             if reason:
                 row.update(status="skipped", reason=reason)
@@ -280,38 +279,40 @@ class Quantization(Technique[QuantizationConfig]):
                 row.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
                 continue
             row["fidelity"] = _fidelity(reference, _reduced_outputs(candidate, texts, config), state.task)
-            row["latency_ms"] = _latency(candidate, batches, config.threads)
             failed = _quality_failure(row["fidelity"], config, state.task)
             if failed:
                 row.update(status="rejected", reason=failed)
                 continue
             row["status"] = "passed"
-            row["speedup"] = round(baseline["min"] / row["latency_ms"]["min"], 3)
-            # Decide on the minimum over batches: on a shared CPU the minimum is the least
-            # disturbed estimate of a model's own speed; medians are recorded as well.
-            if best is None or row["latency_ms"]["min"] < best[0]:
-                best = (row["latency_ms"]["min"], name, candidate)
+            passing[name] = candidate
+        # Time the input and every passing candidate round-robin (one batch of each in turn):
+        # on a shared machine a busy neighbour then slows all of them alike, where timing one
+        # after the other would hand the choice to whoever ran in a quiet moment.
+        timings = _latency_round_robin({"input": state, **passing}, batches, config.threads)
+        for name, timing in timings.items():
+            if name in measured:
+                measured[name]["latency_ms"] = timing
+                measured[name]["speedup"] = round(timings["input"]["median"] / timing["median"], 3)
         changes: dict[str, Any] = {
             "backend": "auto", "device": str(device), "threads": config.threads,
-            "timing": f"{len(batches)} batches of {config.batch_size} x {config.sequence_length} tokens from "
-                      "the calibration data, 1 warm-up, latency min/median in ms",
+            "timing": f"{len(batches)} rounds over batches of {config.batch_size} x {config.sequence_length} tokens "
+                      "from the calibration data, input and passing candidates round-robin after 1 warm-up each; "
+                      "latency median/min in ms; the fastest median wins",
             "quality_gate": {"min_cosine": config.min_cosine,
                              **({"min_agreement": config.min_agreement} if state.task != "feature-extraction" else {})},
-            "input_latency_ms": baseline, "candidates": measured,
+            "input_latency_ms": timings["input"], "candidates": list(measured.values()),
         }
-        if best is None:
-            for name in _candidate_names(config, device.type):
+        best = min(passing, key=lambda n: timings[n]["median"]) if passing else None
+        for name in measured:  # drop the other candidates' exports from the work dir
+            if name != best:
                 shutil.rmtree(Path(ctx.work_dir) / name.replace(":", "-"), ignore_errors=True)
+        if best is None:
             log.warning("quantization auto: no candidate passed; the model is left unquantized")
             changes.update(chosen=None, reason="no candidate passed the quality gate or built on this device")
             return StepResult(state, changes)
-        changes["chosen"] = best[1]
-        chosen = best[2]
-        for name in _candidate_names(config, device.type):  # drop the other candidates' exports
-            if name != best[1]:
-                shutil.rmtree(Path(ctx.work_dir) / name.replace(":", "-"), ignore_errors=True)
-        chosen.info.setdefault("quantization", {})["auto"] = {
-            "chosen": best[1], "candidates": [r["candidate"] for r in measured]}
+        changes["chosen"] = best
+        chosen = passing[best]
+        chosen.info.setdefault("quantization", {})["auto"] = {"chosen": best, "candidates": list(measured)}
         return StepResult(chosen, changes)
 
     # -- reload ----------------------------------------------------------------------------
@@ -469,12 +470,11 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
         # "Where they help": fusions change which kernels the quantized graph uses (e.g. a
         # QAttention instead of int8 MatMuls) and are not always faster, so time both.
         probe_texts = (texts or FALLBACK_TEXTS) * 2
-        timings = {}
-        for key, path in options.items():
-            probe = ModelState(ort_tools.OnnxModel(path, model_config, state.task, num_threads=config.threads),
-                               state.tokenizer, state.task, format="onnx")
-            timings[key] = _latency(probe, _timing_batches(probe, probe_texts, config), config.threads)
-        choice = min(timings, key=lambda k: timings[k]["min"])
+        probes = {key: ModelState(ort_tools.OnnxModel(path, model_config, state.task, num_threads=config.threads),
+                                  state.tokenizer, state.task, format="onnx") for key, path in options.items()}
+        batches = _timing_batches(state, probe_texts, config)
+        timings = _latency_round_robin(probes, batches, config.threads)
+        choice = min(timings, key=lambda k: timings[k]["median"])
         details["graph_optimization_timings_ms"] = timings
     else:
         choice = next(iter(options))
@@ -639,26 +639,31 @@ def _quality_failure(fidelity: dict[str, float], config: QuantizationConfig, tas
     return None
 
 
-def _latency(state: ModelState, batches: list[dict[str, Any]], threads: int) -> dict[str, float]:
+def _latency_round_robin(states: dict[str, ModelState], batches: list[dict[str, Any]],
+                         threads: int) -> dict[str, dict[str, float]]:
+    """Median/min ms per state: after a warm-up each, every batch runs on every state in turn."""
     import torch
 
     from hfcompress.runner import fixed_threads
 
-    setter = getattr(state.model, "set_num_threads", None)
-    if setter is not None:
-        setter(threads)
-    device = _device_of(state)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in states}
     with fixed_threads(threads):
-        _forward(state, batches[0])  # warm-up: allocations, kernel selection, lazy init
-        sync()
+        for st in states.values():
+            setter = getattr(st.model, "set_num_threads", None)
+            if setter is not None:  # ONNX Runtime: same thread count as PyTorch
+                setter(threads)
+            _forward(st, batches[0])  # warm-up: allocations, kernel selection, lazy init
         for batch in batches:
-            started = time.perf_counter()
-            _forward(state, batch)
-            sync()
-            times.append((time.perf_counter() - started) * 1000)
-    return {"median": round(statistics.median(times), 2), "min": round(min(times), 2)}
+            for name, st in states.items():
+                cuda = _device_of(st).type == "cuda"
+                if cuda:
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                _forward(st, batch)
+                if cuda:
+                    torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"median": round(statistics.median(t), 2), "min": round(min(t), 2)} for name, t in times.items()}
 
 
 def _tensor_bytes(model: Any) -> int:

@@ -284,11 +284,15 @@ def test_auto_measures_candidates_and_keeps_the_fastest_passing(tiny_bert_dir: P
     assert set(rows) == set(cfg.candidates)
     for row in rows.values():
         assert row["status"] in ("passed", "rejected")
-        assert row["latency_ms"]["min"] > 0 and 0 < row["fidelity"]["cosine_mean"] <= 1.0 + 1e-6
+        assert 0 < row["fidelity"]["cosine_mean"] <= 1.0 + 1e-6
         assert (row["status"] == "passed") == (row["fidelity"]["cosine_mean"] >= 0.999)
+        # Only candidates that pass the gate are timed (round-robin with the input model).
+        assert ("latency_ms" in row) == (row["status"] == "passed")
     passed = [r for r in rows.values() if r["status"] == "passed"]
+    for row in passed:
+        assert 0 < row["latency_ms"]["min"] <= row["latency_ms"]["median"]
     if passed:
-        fastest = min(passed, key=lambda r: r["latency_ms"]["min"])
+        fastest = min(passed, key=lambda r: r["latency_ms"]["median"])
         assert result.changes["chosen"] == fastest["candidate"]
         assert result.state.info["quantization"]["auto"]["chosen"] == fastest["candidate"]
     else:
