@@ -755,6 +755,9 @@ class HeadPruning(Technique[HeadPruningConfig]):
         validate_ffn(config, lay, arch)
 
     def apply(self, state: ModelState, config: HeadPruningConfig, ctx: StepContext) -> StepResult:
+        """Score, select, slice, rebuild. The incoming model's layers are sliced in place (no second
+        full copy in memory), so the input state must not be used afterwards; the pipeline's
+        teacher is a fresh load of the original."""
         model = state.model
         self.check(config, ModelTarget(config=model.config, task=state.task, format=state.format,
                                   has_data=ctx.train_data is not None))
