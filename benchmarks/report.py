@@ -202,9 +202,9 @@ def markdown_table(results: dict[str, Any]) -> str:
                 val = v["metrics"].get(m)
                 cells.append(_fmt(val, ".4f") if isinstance(val, float) else str(val) if val is not None else "—")
             cells.append(_fmt(v["flops_per_batch"].get(shapes[0], 0) / 1e9, ".2f"))
-            cells.append(_fmt(v["achieved_gflops"].get(head_t, {}).get(shapes[0])))
-            frac = v["fraction_of_peak"].get(head_t, {}).get(shapes[0])
-            cells.append(_fmt(frac * 100 if frac is not None else None) + (f" ({v['compute_dtype']})" if frac else ""))
+            cells.append(_fmt(v.get("achieved_gflops", {}).get(head_t, {}).get(shapes[0])))
+            frac = v.get("fraction_of_peak", {}).get(head_t, {}).get(shapes[0])
+            cells.append(_fmt(frac * 100 if frac is not None else None) + (f" ({v.get('compute_dtype')})" if frac else ""))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

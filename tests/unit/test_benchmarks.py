@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.flops import attention_width, count_flops, gemm_peak, linear_shapes, linear_shapes_onnx  # noqa: E402
 from benchmarks.harness import Built, VariantSpec, add_fractions, best_peaks, run_variant  # noqa: E402
-from benchmarks.report import validate_results, write_results  # noqa: E402
+from benchmarks.report import headline, markdown_table, validate_results, write_results  # noqa: E402
 from benchmarks.timing import Timing, make_batches, time_call  # noqa: E402
 
 
@@ -204,3 +204,24 @@ def test_results_schema_is_enforced() -> None:
         validate_results(_results([dict(ok, latency_ms={"1": {"b8xs128": 1.0}})]))
     with pytest.raises(ValueError, match="gemm_peak"):
         validate_results({k: v for k, v in _results([ok]).items() if k != "gemm_peak"})
+
+
+def test_headline_compares_the_default_recipe_with_fp32_and_the_fastest_single_tool() -> None:
+    def variant(name: str, tool: str, ms: float, size: int, acc: float) -> dict[str, Any]:
+        return {"name": name, "tool": tool, "group": "hfcompress" if tool == "hfcompress" else "baseline",
+                "size_bytes": size, "num_parameters": 1, "flops_per_batch": {}, "error": None,
+                "metrics": {"probe_accuracy": acc, "cosine_to_base": 1.0},
+                "latency_ms": {"1": {"b8xs128": ms, "b1xs32": ms / 10}}}
+
+    results = _results([variant("PyTorch fp32", "torch", 200.0, 100, 0.80),
+                        variant("PyTorch bf16", "torch", 50.0, 50, 0.80),
+                        variant("ONNX Runtime dynamic int8", "onnxruntime", 80.0, 25, 0.78),
+                        variant("hfcompress default recipe", "hfcompress", 40.0, 20, 0.79)])
+    h = headline(results)
+    assert h is not None
+    assert h["shapes"]["b8xs128"] == {"latency_ms": 40.0, "speedup_vs_fp32": 5.0, "best_baseline": "PyTorch bf16",
+                                      "speedup_vs_best_baseline": 1.25}
+    assert h["size_ratio_vs_fp32"] == 0.2
+    assert h["smallest_baseline"] == "ONNX Runtime dynamic int8" and h["size_ratio_vs_smallest_baseline"] == 0.8
+    assert h["probe_accuracy_change"] == pytest.approx(-0.01)
+    assert "5.00x faster than PyTorch fp32" in markdown_table(results)
