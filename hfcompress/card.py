@@ -380,8 +380,11 @@ def _hfcompress_load(repo: str | None, where: str, header: bool = True) -> list[
     return lines + [
         "```python",
         f"{imports}import hfcompress",
+        "from transformers import AutoTokenizer",
         "",
-        f"model = hfcompress.load({fetch})  # tokenizer: model.hfcompress_tokenizer",
+        f"folder = {fetch}",
+        "model = hfcompress.load(folder)",
+        "tokenizer = AutoTokenizer.from_pretrained(folder)",
         "```",
     ]
 

@@ -41,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a model folder or Hub id on held-out data")
     evaluate.add_argument("model", metavar="DIR_OR_MODEL")
-    evaluate.add_argument("--data", default="vader:movie", help="data spec (default: %(default)s)")
-    evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.add_argument("--data", help="data spec (default: the folder's recipe data, else required)")
+    evaluate.add_argument("--threads", type=int, help="threads (default: the folder's recipe, else 1)")
     evaluate.add_argument("--json", action="store_true")
 
     push = sub.add_parser("push", help="verify an output folder and push it to the Hub")
@@ -138,7 +138,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_path
     from .plugin import EvalSettings
 
-    results = evaluate_path(args.model, args.data, EvalSettings(threads=args.threads))
+    settings = EvalSettings(threads=args.threads) if args.threads else None
+    results = evaluate_path(args.model, args.data, settings)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

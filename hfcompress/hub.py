@@ -288,14 +288,15 @@ def _verify_main(folder: Path) -> dict[str, Any]:
                        "max_abs_diff": diff})
 
     def via_hfcompress() -> ModelState:
+        from transformers import AutoTokenizer
+
         import hfcompress
         from hfcompress.artifact import load_state
 
-        model = hfcompress.load(folder)
-        tokenizer = getattr(model, "hfcompress_tokenizer", None)
-        if tokenizer is None or task is None:  # objects that refuse attributes: same loader, full state
+        model = hfcompress.load(folder)  # the public entry point users call
+        if task is None:
             return load_state(folder)
-        return ModelState(model=model, tokenizer=tokenizer, task=task, format=fmt)
+        return ModelState(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), task=task, format=fmt)
 
     compare("hfcompress.load", via_hfcompress)
     from .models import AUTO_CLASSES

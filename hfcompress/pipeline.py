@@ -115,7 +115,7 @@ def _resolve_recipe(model: str | None, recipe: Recipe | str | Path | dict[str, A
     if data is not None:
         resolved.data = data if isinstance(data, DataConfig) else DataConfig.model_validate(data)
     if resolved.data is None:  # evaluation always needs held-out text; say which in the resolved recipe
-        resolved.data = DataConfig(source=DEFAULT_DATA)
+        resolved.data = DataConfig.model_validate(DEFAULT_DATA)
     return resolved
 
 
@@ -129,7 +129,10 @@ class Plan:
 
 def plan(recipe: Recipe) -> Plan:
     """Every check that can fail, before any heavy work: model config, data, each step's ``check``."""
+    from .evaluation import check_metrics
+
     registry = get_registry()
+    check_metrics(recipe.evaluate)
     source = resolve_model(recipe.model, recipe.revision)
     config = load_config(source)
     task = infer_task(config, recipe.task)
@@ -307,7 +310,7 @@ def compress(
 
 def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Evaluate base and compressed the same way on the held-out split; return results.json."""
-    from .evaluation import evaluate_state
+    from .evaluation import compare_blocks, evaluate_state
     from .runner import verification_outputs
 
     recipe = p.recipe
@@ -339,6 +342,7 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
         },
         "base": base_block,
         "compressed": comp_block,
+        "comparison": compare_blocks(base_block, comp_block),
         "steps": reports,
         "environment": _environment(recipe, accelerator),
         "verification": {"texts": texts, "sequence_length": 32, "outputs": outputs, "atol": 1e-3},

@@ -21,7 +21,7 @@ def make_tiny_bert(path: Path, task: str = "feature-extraction", num_labels: int
     tokenizer = _minilm_tokenizer()
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,  # type: ignore[call-arg]
     )
     model = BertForSequenceClassification(config) if task == "text-classification" else BertModel(config)
     model.config.architectures = [type(model).__name__]
