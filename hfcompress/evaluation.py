@@ -357,6 +357,10 @@ def evaluate_path(
     from .data import DataConfig, load_data
 
     folder = Path(path)
+    if not folder.is_dir():
+        from .models import resolve_model
+
+        resolve_model(str(path))  # a missing folder is named before the data is questioned
     recipe: dict[str, Any] = {}
     if folder.is_dir() and (folder / "hfcompress.yaml").is_file():
         recipe = yaml.safe_load((folder / "hfcompress.yaml").read_text()) or {}
