@@ -232,8 +232,31 @@ def uniform_attention_shape(config: Any) -> tuple[int, int]:
     return heads, heads * head_dim
 
 
+def node_module(node_name: str) -> str:
+    """The module path a node exported by ``torch.onnx`` comes from:
+    ``/inner/model/layers.0/self_attn/q_proj/MatMul`` → ``model.layers.0.self_attn.q_proj``."""
+    parts = [p for p in node_name.split("/") if p]
+    if parts and parts[0] == "inner":  # the export wrapper's attribute
+        parts = parts[1:]
+    return ".".join(parts[:-1])
+
+
+def nodes_matching(path: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of nodes whose module path matches one of the fnmatch ``patterns`` (quanto's
+    ``exclude`` semantics: ``lm_head``, ``encoder.layer.0.*``)."""
+    import fnmatch
+
+    import onnx
+
+    if not patterns:
+        return []
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node
+            if any(fnmatch.fnmatch(node_module(n.name), pattern) for pattern in patterns)]
+
+
 def quantize_dynamic(src: Path, dst: Path, *, per_channel: bool = True, reduce_range: bool = False,
-                     op_types: Sequence[str] | None = None) -> None:
+                     op_types: Sequence[str] | None = None, exclude_nodes: Sequence[str] = ()) -> None:
     """Int8 weights; activations quantized per batch at run time (no calibration data)."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
@@ -241,6 +264,7 @@ def quantize_dynamic(src: Path, dst: Path, *, per_channel: bool = True, reduce_r
     ort_quantize_dynamic(
         str(src), str(dst), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(op_types) if op_types else None, extra_options=_DEFAULT_TYPE(),
+        nodes_to_exclude=list(exclude_nodes) or None,
     )
 
 
@@ -268,7 +292,7 @@ class _Feeds:
 
 def quantize_static(src: Path, dst: Path, feeds: Iterable[dict[str, Any]], *, method: str = "minmax",
                     per_channel: bool = True, reduce_range: bool = False,
-                    op_types: Sequence[str] | None = None) -> None:
+                    op_types: Sequence[str] | None = None, exclude_nodes: Sequence[str] = ()) -> None:
     """Int8 weights and activations with ranges calibrated on ``feeds`` (QDQ format)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
@@ -281,6 +305,7 @@ def quantize_static(src: Path, dst: Path, feeds: Iterable[dict[str, Any]], *, me
         str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
         reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(op_types) if op_types else None, calibrate_method=methods[method],
+        nodes_to_exclude=list(exclude_nodes) or None,
         # Attention masks use large negative constants; symmetric activations would waste range.
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, **_DEFAULT_TYPE()},
     )

@@ -106,7 +106,8 @@ class QuantizationConfig(TechniqueConfig):
     activations: Literal["none", "int8", "fp8"] = "none"
     """quanto only: also quantize activations, with ranges calibrated on the training data."""
     exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
-    """quanto only: module-name patterns (fnmatch) that stay in float, e.g. lm_head."""
+    """quanto and onnxruntime: module-name patterns (fnmatch, e.g. lm_head, encoder.layer.0.*) whose
+    layers stay in float. onnxruntime matches the module path each exported node comes from."""
     mode: Literal["dynamic", "static"] = "dynamic"
     """onnxruntime only: dynamic (activations quantized per batch) or static (calibrated on data)."""
     per_channel: bool = True
@@ -164,8 +165,8 @@ class QuantizationConfig(TechniqueConfig):
         onnx_only = {"mode", "calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"}
         if backend in ("quanto", "torch") and given & onnx_only:
             raise ValueError(f"{', '.join(sorted(given & onnx_only))}: onnxruntime options; backend is {backend!r}")
-        if backend in ("onnxruntime", "torch") and "exclude" in given:
-            raise ValueError(f"exclude is a quanto option; backend is {backend!r}")
+        if backend == "torch" and "exclude" in given:
+            raise ValueError("exclude is a quanto/onnxruntime option; backend torch casts every layer")
         bad_ops = [op for op in self.op_types or [] if op not in OP_TYPES]
         if bad_ops:
             raise ValueError(f"op_types: unknown {bad_ops}; allowed: {', '.join(OP_TYPES)}")
@@ -178,7 +179,7 @@ class QuantizationConfig(TechniqueConfig):
         """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
         values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode"})
         backend = CANDIDATES[name]["backend"]
-        if backend != "quanto":
+        if backend == "torch":
             values.pop("exclude")
         if backend != "onnxruntime":
             for key in ("calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"):
@@ -425,6 +426,7 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
     details: dict[str, Any] = {
         "backend": "onnxruntime", "dtype": "int8", "mode": config.mode, "opset": config.opset,
         "per_channel": config.per_channel, "reduce_range": config.reduce_range, "inputs": input_names,
+        "exclude": list(config.exclude),
         "export_seconds": round(time.perf_counter() - started, 2),
         "kv_cache": False if state.task == "text-generation" else None,
     }
@@ -443,13 +445,15 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
         details["op_types"] = list(config.op_types)
 
     def quantized(src: Path, dst: Path) -> Path:
+        excluded = ort_tools.nodes_matching(src, config.exclude)
+        details.setdefault("excluded_nodes", {})[dst.parent.name] = len(excluded)
         if config.mode == "dynamic":
             ort_tools.quantize_dynamic(src, dst, per_channel=config.per_channel, reduce_range=config.reduce_range,
-                                       op_types=config.op_types)
+                                       op_types=config.op_types, exclude_nodes=excluded)
         else:
             ort_tools.quantize_static(src, dst, calib_feeds, method=config.calibration_method,
                                       per_channel=config.per_channel, reduce_range=config.reduce_range,
-                                      op_types=config.op_types)
+                                      op_types=config.op_types, exclude_nodes=excluded)
         return dst
 
     plain_dir, fused_dir = work_dir / "plain", work_dir / "fused"

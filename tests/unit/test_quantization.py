@@ -73,6 +73,7 @@ def _cos(a, b) -> float:  # type: ignore[no-untyped-def]
         ({"backend": "torch", "mode": "static"}, "onnxruntime options"),
         ({"backend": "onnxruntime", "activations": "int8"}, "activations is a quanto option"),
         ({"backend": "onnxruntime", "op_types": ["Foo"]}, "allowed: MatMul"),
+        ({"backend": "torch", "exclude": ["lm_head"]}, "exclude is a quanto/onnxruntime option"),
         ({"backend": "onnxruntime", "calibration_method": "magic"}, "'minmax', 'entropy' or 'percentile'"),
         ({"backend": "quanto", "weights": "int8"}, "unknown field 'weights'"),
     ],
@@ -352,3 +353,22 @@ def test_onnxruntime_on_a_sequence_classifier_returns_logits(tmp_path: Path) -> 
     assert _cos(out, before) > 0.95
     save_state(result.state, tmp_path / "out")
     assert load_state(tmp_path / "out").model(**state.tokenizer(TEXTS[:2], return_tensors="pt")).logits.shape == (1 * 2, 3)
+
+
+def test_onnxruntime_exclude_keeps_matching_layers_in_float(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    import onnx
+    from hfcompress_plugins.onnx_runtime import node_module
+
+    assert node_module("/inner/model/layers.0/self_attn/q_proj/MatMul") == "model.layers.0.self_attn.q_proj"
+    ops = {}
+    for exclude in (["lm_head"], [], ["model.layers.1.*", "lm_head"]):
+        state = _load(tiny_llama_dir, "text-generation")
+        result = _technique().apply(state, _config(backend="onnxruntime", exclude=exclude), _ctx(tmp_path / str(exclude)))
+        save_state(result.state, tmp_path / "out")
+        graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+        ops[str(exclude)] = {node_module(n.name): n.op_type for n in graph.node if n.op_type.startswith("MatMul")}
+    assert ops["['lm_head']"]["lm_head"] == "MatMul"  # stays float
+    assert ops["[]"]["lm_head"] == "MatMulInteger"
+    assert ops["['lm_head']"]["model.layers.1.mlp.down_proj"] == "MatMulInteger"
+    assert ops["['model.layers.1.*', 'lm_head']"]["model.layers.1.mlp.down_proj"] == "MatMul"
+    assert ops["['model.layers.1.*', 'lm_head']"]["model.layers.0.mlp.down_proj"] == "MatMulInteger"
