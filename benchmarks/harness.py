@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .flops import count_flops, gemm_peak
-from .timing import Timing, time_call
+from .timing import Timing, summarize, time_call, timed_ms
 
 log = logging.getLogger("benchmarks")
 
-__all__ = ["Built", "Suite", "VariantSpec", "add_fractions", "best_peaks", "run_variant", "set_threads"]
+__all__ = ["Built", "Suite", "VariantSpec", "add_fractions", "best_peaks", "build_and_score", "run_variant", "set_threads",
+           "time_round_robin"]
 
 
 @dataclass
@@ -70,21 +71,127 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def _new_record(spec: VariantSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name, "tool": spec.tool, "group": spec.group, "description": spec.description,
+        "size_bytes": None, "num_parameters": None, "latency_ms": {}, "latency_spread_ms": {}, "metrics": {},
+        "flops_per_batch": {}, "achieved_gflops": {}, "fraction_of_peak": {}, "gemm_peak_at_timing": {},
+        "compute_dtype": None, "error": None,
+    }
+
+
+def _fail(record: dict[str, Any], stage: str, exc: BaseException, name: str) -> None:
+    record["error"] = f"{stage}: {type(exc).__name__}: {exc}"
+    record["traceback"] = traceback.format_exc(limit=8)[-3000:]
+    log.warning("[%s] FAILED at %s: %s: %s", name, stage, type(exc).__name__, exc)
+
+
+def build_and_score(suite: Suite, spec: VariantSpec, threads: list[int]) -> tuple[dict[str, Any], Built | None]:
+    """Build one variant, count its FLOPs and measure its quality (no timing); never raises.
+
+    Returns the record and the built variant (None when it failed), to be timed later by
+    :func:`time_round_robin` together with the others.
+    """
+    import torch
+
+    record = _new_record(spec)
+    stage = "build"
+    try:
+        log.info("[%s] building", spec.name)
+        start = time.perf_counter()
+        set_threads(max(threads))  # building (export, quantization, distillation) may use all threads
+        built = spec.build()
+        record["build_seconds"] = round(time.perf_counter() - start, 2)
+        record.update(size_bytes=built.size_bytes, num_parameters=built.num_parameters,
+                      compute_dtype=built.compute_dtype, info=built.info)
+        for shape, batch in suite.batches.items():
+            b, s = batch["input_ids"].shape
+            record["flops_per_batch"][shape] = count_flops(built.shapes, int(b), int(s))
+        stage = "quality"
+        built.set_threads(max(threads))
+        with torch.no_grad():
+            record["metrics"] = {k: (round(v, 6) if isinstance(v, float) else v)
+                                 for k, v in suite.quality(spec, built).items()}
+        log.info("[%s] size=%s metrics=%s", spec.name, record["size_bytes"], record["metrics"])
+        return record, built
+    except Exception as exc:  # noqa: BLE001 - a failing variant is a result, not a crash
+        _fail(record, stage, exc, spec.name)
+        gc.collect()
+        return record, None
+
+
+def time_round_robin(suite: Suite, entries: list[tuple[dict[str, Any], VariantSpec, Built]], threads: list[int],
+                     timing: Timing) -> None:
+    """Time every variant in interleaved rounds: round r runs each variant once per shape.
+
+    On a shared machine the load drifts over minutes; timing variant A fully and then variant B
+    would hand one of them the quiet minute. Interleaving spreads the same load over all of
+    them, so the ratios between variants hold even when absolute times do not. Each call is
+    timed by :func:`benchmarks.timing.timed_ms` and reduced by :func:`benchmarks.timing.summarize`
+    (median), the same code as :func:`benchmarks.timing.time_call`.
+    """
+    import torch
+
+    for n in threads:
+        set_threads(n)
+        live = []
+        for record, spec, built in entries:
+            if record["error"] is not None:
+                continue
+            try:
+                built.set_threads(n)
+                live.append((record, spec, built))
+            except Exception as exc:  # noqa: BLE001
+                _fail(record, f"timing with {n} thread(s)", exc, spec.name)
+        samples: dict[int, dict[str, list[float]]] = {id(r): {shape: [] for shape in suite.batches} for r, _, _ in live}
+        log.info("timing %d variants round-robin with %d thread(s): %d warm-up + %d rounds",
+                 len(live), n, timing.warmup, timing.repeats)
+        with torch.no_grad():  # not inference_mode: quanto int4 kernels fail there
+            for round_index in range(timing.warmup + timing.repeats):
+                for entry in list(live):
+                    record, spec, built = entry
+                    try:
+                        for shape, batch in suite.batches.items():
+                            ms = timed_ms(lambda built=built, batch=batch: built.forward(batch))
+                            if round_index >= timing.warmup:
+                                samples[id(record)][shape].append(ms)
+                    except Exception as exc:  # noqa: BLE001
+                        _fail(record, f"timing with {n} thread(s)", exc, spec.name)
+                        live.remove(entry)
+        peak_now = gemm_peak(n, repeats=3)  # under the load the variants just saw
+        for record, spec, built in live:
+            stats = {shape: summarize(values) for shape, values in samples[id(record)].items()}
+            lat = {shape: round(t["median"], 3) for shape, t in stats.items()}
+            try:
+                with torch.no_grad():
+                    lat.update(suite.extra_timings(spec, built, n))
+                timing_metrics = getattr(suite, "timing_metrics", None)
+                if timing_metrics is not None:
+                    record["metrics"].update(timing_metrics(spec, n))
+            except Exception as exc:  # noqa: BLE001
+                _fail(record, f"extra timings with {n} thread(s)", exc, spec.name)
+                continue
+            record["latency_ms"][str(n)] = lat
+            record["latency_spread_ms"][str(n)] = {s: [round(t["p10"], 3), round(t["p90"], 3)] for s, t in stats.items()}
+            record["achieved_gflops"][str(n)] = {
+                shape: round(flops / (lat[shape] / 1000.0) / 1e9, 2) for shape, flops in record["flops_per_batch"].items()
+            }
+            record["gemm_peak_at_timing"][str(n)] = peak_now
+            log.info("[%s] %d thread(s): %s", spec.name, n, lat)
+
+
 def run_variant(suite: Suite, spec: VariantSpec, threads: list[int], timing: Timing) -> dict[str, Any]:
-    """Build, time, count and score one variant; never raises (errors are recorded).
+    """Build, time, count and score one variant on its own (sequential timing); never raises.
+
+    The suites use :func:`build_and_score` + :func:`time_round_robin` instead; this is the
+    one-variant path (and what a plugin author can call to time a single model).
 
     ``fraction_of_peak`` is filled in by :func:`add_fractions` once the whole run's best GEMM
     peak is known.
     """
     import torch
 
-    record: dict[str, Any] = {
-        "name": spec.name, "tool": spec.tool, "group": spec.group, "description": spec.description,
-        "size_bytes": None, "num_parameters": None, "latency_ms": {}, "latency_spread_ms": {}, "metrics": {},
-        "flops_per_batch": {}, "achieved_gflops": {}, "fraction_of_peak": {}, "gemm_peak_at_timing": {},
-        "compute_dtype": None,
-        "error": None,
-    }
+    record = _new_record(spec)
     stage = "build"
     built: Built | None = None
     try:
@@ -123,9 +230,7 @@ def run_variant(suite: Suite, spec: VariantSpec, threads: list[int], timing: Tim
                                  for k, v in suite.quality(spec, built).items()}
         log.info("[%s] %s", spec.name, _summary(record))
     except Exception as exc:  # noqa: BLE001 - a failing variant is a result, not a crash
-        record["error"] = f"{stage}: {type(exc).__name__}: {exc}"
-        record["traceback"] = traceback.format_exc(limit=8)[-3000:]
-        log.warning("[%s] FAILED at %s: %s: %s", spec.name, stage, type(exc).__name__, exc)
+        _fail(record, stage, exc, spec.name)
     finally:
         built = None  # free the model before the next variant is built
         gc.collect()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SHAPES", "Timing", "make_batches", "time_call"]
+__all__ = ["SHAPES", "Timing", "make_batches", "summarize", "time_call", "timed_ms"]
 
 # name -> (batch, sequence length); every batch is padded to exactly this length.
 SHAPES: dict[str, tuple[int, int]] = {"b8xs128": (8, 128), "b1xs32": (1, 32)}
@@ -41,18 +41,25 @@ def make_batches(tokenizer: Any, texts: list[str], shapes: dict[str, tuple[int, 
     return out
 
 
+def summarize(samples_ms: list[float]) -> dict[str, float]:
+    """Median, p10 and p90 of wall times in milliseconds."""
+    ordered = sorted(samples_ms)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+    return {"median": statistics.median(ordered), "p10": pct(0.1), "p90": pct(0.9)}
+
+
+def timed_ms(fn: Callable[[], Any]) -> float:
+    """Wall time of one call in milliseconds."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
 def time_call(fn: Callable[[], Any], timing: Timing) -> dict[str, float]:
     """Median, p10 and p90 wall time of ``fn()`` in milliseconds after ``timing.warmup`` calls."""
     for _ in range(timing.warmup):
         fn()
-    samples = []
-    for _ in range(timing.repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    samples.sort()
-
-    def pct(q: float) -> float:
-        return samples[min(len(samples) - 1, int(round(q * (len(samples) - 1))))]
-
-    return {"median": statistics.median(samples), "p10": pct(0.1), "p90": pct(0.9)}
+    return summarize([timed_ms(fn) for _ in range(timing.repeats)])

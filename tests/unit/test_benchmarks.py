@@ -13,7 +13,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.flops import attention_width, count_flops, gemm_peak, linear_shapes, linear_shapes_onnx  # noqa: E402
-from benchmarks.harness import Built, VariantSpec, add_fractions, best_peaks, run_variant  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Built,
+    VariantSpec,
+    add_fractions,
+    best_peaks,
+    build_and_score,
+    run_variant,
+    time_round_robin,
+)
 from benchmarks.report import headline, markdown_table, validate_results, write_results  # noqa: E402
 from benchmarks.timing import Timing, make_batches, time_call  # noqa: E402
 
@@ -225,3 +233,40 @@ def test_headline_compares_the_default_recipe_with_fp32_and_the_fastest_single_t
     assert h["smallest_baseline"] == "ONNX Runtime dynamic int8" and h["size_ratio_vs_smallest_baseline"] == 0.8
     assert h["probe_accuracy_change"] == pytest.approx(-0.01)
     assert "5.00x faster than PyTorch fp32" in markdown_table(results)
+
+
+def test_round_robin_times_every_variant_in_each_round_and_isolates_failures(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    model = _tiny_bert(tmp_path / "bert")
+    suite = _TinySuite(make_batches(AutoTokenizer.from_pretrained(tmp_path / "bert"), ["a sentence"]))
+    order: list[str] = []
+
+    def make(name: str, fail_after: int | None = None) -> Built:
+        calls = {"n": 0}
+
+        def forward(batch: dict[str, Any]) -> Any:
+            calls["n"] += 1
+            order.append(name)
+            if fail_after is not None and calls["n"] > fail_after:
+                raise RuntimeError("kernel crashed")
+            return model(**batch).last_hidden_state
+
+        return Built(forward=forward, size_bytes=10, num_parameters=1, shapes=linear_shapes(model), compute_dtype="fp32")
+
+    entries = []
+    for name, fail_after in (("a", None), ("b", 3), ("c", None)):
+        spec = VariantSpec(name, "torch", name, lambda n=name, f=fail_after: make(n, f))
+        record, built = build_and_score(suite, spec, [1])
+        assert record["metrics"] == {"cosine_to_base": 1.0} and built is not None
+        entries.append((record, spec, built))
+    order.clear()
+    time_round_robin(suite, entries, [1], Timing(warmup=1, repeats=3))
+    # Interleaved: each round runs a, b, c once per shape (2 shapes) before the next round starts.
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]
+    records = {r["name"]: r for r, _, _ in entries}
+    assert records["b"]["error"] == "timing with 1 thread(s): RuntimeError: kernel crashed"
+    for name in ("a", "c"):
+        assert records[name]["error"] is None
+        assert set(records[name]["latency_ms"]["1"]) == {"b8xs128", "b1xs32"}
+        assert records[name]["gemm_peak_at_timing"]["1"]["fp32"] > 0
