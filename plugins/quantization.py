@@ -380,7 +380,7 @@ def _build_torch(state: ModelState, config: QuantizationConfig, copy_model: bool
                       loader=state.loader, info=_info(state, details)), details
 
 
-QUANTO_TYPES = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8", "none": None}
+QUANTO_TYPES: dict[str, str] = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8"}
 
 
 def _build_quanto(state: ModelState, config: QuantizationConfig, texts: list[str],
@@ -391,8 +391,7 @@ def _build_quanto(state: ModelState, config: QuantizationConfig, texts: list[str
 
     model = copy.deepcopy(state.model) if copy_model else state.model
     weights = getattr(quanto, QUANTO_TYPES[config.resolved_dtype()])
-    act_name = QUANTO_TYPES[config.activations]
-    activations = getattr(quanto, act_name) if act_name else None
+    activations = getattr(quanto, QUANTO_TYPES[config.activations]) if config.activations != "none" else None
     quantize(model, weights=weights, activations=activations, exclude=config.exclude or None)
     calibrated = 0
     if activations is not None:
