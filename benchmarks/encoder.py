@@ -135,7 +135,7 @@ class EncoderSuite:
         s = self.settings
         return {"model": MODEL, "model_path": self.path, "data": DATA, "data_fingerprint": self.data_fingerprint,
                 "eval_samples": len(self.eval_texts), "metric_sequence_length": s.metric_sequence_length,
-                "probe": self.probe_info, "settings": s.__dict__}
+                "probe": getattr(self, "probe_info", None), "settings": s.__dict__}
 
     def _chunks(self, texts: list[str]) -> list[dict[str, Any]]:
         s = self.settings

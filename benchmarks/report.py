@@ -64,7 +64,8 @@ def write_results(results: dict[str, Any], out_dir: Path = RESULTS_DIR) -> dict[
     """Write ``<date>-<suite>.json``, ``.md`` and ``.png``; returns their paths."""
     validate_results(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date']}-{results['suite']}" + ("-quick" if results.get("quick") else "")
+    stem = f"{results['date']}-{results['suite']}" + (f"-{results['tag']}" if results.get("tag") else "")
+    stem += "-quick" if results.get("quick") else ""
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
     results["headline"] = headline(results)
     results["headline_task"] = headline(results, "fine-tuned classifier + hfcompress default", "task")

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="thread counts to time, comma-separated; the first is the headline (default 1,2)")
     run.add_argument("--only", default=None,
                      help="comma-separated substrings: run only variants whose name contains one (for debugging)")
+    run.add_argument("--skip", default=None, help="comma-separated substrings: leave out variants whose name contains one")
+    run.add_argument("--group", default=None,
+                     help="comma-separated groups to run: baseline, hfcompress, task (default: all)")
+    run.add_argument("--tag", default=None, help="suffix for the results file names (<date>-<suite>-<tag>)")
     run.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
     again = sub.add_parser("retime", help="re-time a results file's variants round-robin (cached artifacts)")
     again.add_argument("results", type=Path)
@@ -66,7 +70,24 @@ def _make_suite(name: str, quick: bool) -> Any:
     return DecoderSuite(DecoderSettings.quick() if quick else DecoderSettings())
 
 
-def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None, out: Path) -> dict[str, Any]:
+def select(specs: list[VariantSpec], only: list[str] | None = None, skip: list[str] | None = None,
+           groups: list[str] | None = None) -> list[VariantSpec]:
+    """Variants whose name contains one of ``only``, none of ``skip``, in one of ``groups``."""
+    out = []
+    for spec in specs:
+        name = spec.name.lower()
+        if only and not any(o.lower() in name for o in only):
+            continue
+        if skip and any(k.lower() in name for k in skip):
+            continue
+        if groups and spec.group not in groups:
+            continue
+        out.append(spec)
+    return out
+
+
+def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None, out: Path,
+              skip: list[str] | None = None, groups: list[str] | None = None, tag: str | None = None) -> dict[str, Any]:
     import torch
 
     started = time.time()
@@ -77,12 +98,11 @@ def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None
     peaks = {str(t): gemm_peak(t, repeats=5 if quick else 9) for t in threads}
     log.info("GEMM peak: %s", peaks)
     torch.set_num_threads(max(threads))
-    suite.prepare()
-    specs: list[VariantSpec] = suite.variants()
-    if only:
-        specs = [s for s in specs if any(o.lower() in s.name.lower() for o in only)]
+    specs: list[VariantSpec] = select(suite.variants(), only, skip, groups)
+    # Task-specific variants need neither the base embeddings nor the probe.
+    suite.prepare(light=bool(specs) and all(s.group == "task" for s in specs))
     results: dict[str, Any] = {
-        "suite": name, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "suite": name, "tag": tag, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": quick,
         "environment": env, "shapes": {k: list(v) for k, v in SHAPES.items()},
         "timing": dict(timing.to_dict(), mode="round-robin"),
@@ -97,14 +117,14 @@ def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None
         if built is not None:
             entries.append((record, spec, built))
         out.mkdir(parents=True, exist_ok=True)
-        (out / f".{name}-partial.json").write_text(json.dumps(results, indent=2, default=str))
+        (out / f".{name}{tag or ''}-partial.json").write_text(json.dumps(results, indent=2, default=str))
     time_round_robin(suite, entries, threads, timing)
     entries.clear()
     # The peak again at the end: if the machine got busier during the run, the two differ.
     results["gemm_peak_end"] = {str(t): gemm_peak(t, repeats=5 if quick else 9) for t in threads}
     _finish(results, peaks, started)
     paths = write_results(results, out)
-    (out / f".{name}-partial.json").unlink(missing_ok=True)
+    (out / f".{name}{tag or ''}-partial.json").unlink(missing_ok=True)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return results
 
@@ -186,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             args.out.with_suffix(".md").write_text(markdown(report))
         print(markdown(report))
         return 0
-    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    def split(text: str | None) -> list[str] | None:
+        return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+    only, skip, groups = split(args.only), split(args.skip), split(args.group)
     suites = ["encoder", "decoder"] if args.suite == "all" else [args.suite]
     failed = 0
     for name in suites:
-        results = run_suite(name, args.quick, args.threads, only, args.out)
+        results = run_suite(name, args.quick, args.threads, only, args.out, skip, groups, args.tag)
         failed += sum(1 for v in results["variants"] if v["error"])
     if failed:
         log.warning("%d variant(s) failed; their errors are in the results file", failed)
