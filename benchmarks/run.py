@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     again = sub.add_parser("retime", help="re-time a results file's variants round-robin (cached artifacts)")
     again.add_argument("results", type=Path)
     again.add_argument("--threads", type=_threads, default=None)
+    again.add_argument("--add", default=None, help="comma-separated exact variant names to build, score and append")
     prof = sub.add_parser("profile", help="operator profile of one model folder (where the time goes)")
     prof.add_argument("folder", type=Path, help="an hfcompress output folder (see info.artifact in a results file)")
     prof.add_argument("--threads", type=int, default=1)
@@ -129,11 +130,12 @@ def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None
     return results
 
 
-def retime(path: Path, threads: list[int] | None = None) -> dict[str, Any]:
+def retime(path: Path, threads: list[int] | None = None, add: list[str] | None = None) -> dict[str, Any]:
     """Re-time the variants of a results file round-robin (artifacts come from the caches).
 
     Quality, sizes and FLOPs stay as measured; the previous latencies are kept as
-    ``latency_ms_sequential``. For results written before timing was interleaved.
+    ``latency_ms_sequential``. For results written before timing was interleaved. ``add``
+    names variants (exact names) to build, score and append first, so they are timed together.
     """
     import torch
 
@@ -141,8 +143,16 @@ def retime(path: Path, threads: list[int] | None = None) -> dict[str, Any]:
     threads = threads or [int(t) for t in results["environment"]["threads"]]
     suite = _make_suite(results["suite"], bool(results.get("quick")))
     torch.set_num_threads(max(threads))
-    suite.prepare(light=True)
     specs = {s.name: s for s in suite.variants()}
+    unknown = [a for a in add or [] if a not in specs]
+    if unknown:
+        raise SystemExit(f"--add {unknown}: no such variant; known: {', '.join(specs)}")
+    suite.prepare(light=not add)
+    present = {v["name"] for v in results["variants"]}
+    for name in add or []:
+        if name not in present:
+            record, _built = build_and_score(suite, specs[name], threads)
+            results["variants"].append(record)
     started = time.time()
     start_peaks = {str(t): gemm_peak(t, repeats=9) for t in threads}
     entries = []
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     for ours in ("benchmarks", "hfcompress"):
         logging.getLogger(ours).setLevel(logging.INFO)
     if args.command == "retime":
-        retime(args.results, args.threads)
+        retime(args.results, args.threads, [a.strip() for a in args.add.split(",")] if args.add else None)
         return 0
     if args.command == "profile":
         from .profile import markdown, profile_folder
