@@ -149,9 +149,10 @@ def retime(path: Path, threads: list[int] | None = None, add: list[str] | None =
         raise SystemExit(f"--add {unknown}: no such variant; known: {', '.join(specs)}")
     suite.prepare(light=not add)
     present = {v["name"] for v in results["variants"]}
+    added: dict[str, Any] = {}
     for name in add or []:
         if name not in present:
-            record, _built = build_and_score(suite, specs[name], threads)
+            record, added[name] = build_and_score(suite, specs[name], threads)
             results["variants"].append(record)
     started = time.time()
     start_peaks = {str(t): gemm_peak(t, repeats=9) for t in threads}
@@ -162,7 +163,7 @@ def retime(path: Path, threads: list[int] | None = None, add: list[str] | None =
         spec = specs[record["name"]]
         try:
             set_threads(max(threads))
-            built = spec.build()
+            built = added.pop(record["name"], None) or spec.build()
         except Exception as exc:  # noqa: BLE001 - keep the others
             record["error"] = f"retime build: {type(exc).__name__}: {exc}"
             continue
