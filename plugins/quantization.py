@@ -137,7 +137,11 @@ class QuantizationConfig(TechniqueConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizationConfig:
-        given = self.model_fields_set
+        # "Given" means changed from its default: a resolved recipe (hfcompress.yaml) writes every
+        # field with its default value and must load back to an equal recipe.
+        fields = type(self).model_fields
+        given = {name for name in self.model_fields_set
+                 if getattr(self, name) != fields[name].get_default(call_default_factory=True)}
         backend = self.backend
         if backend == "auto":
             if self.dtype is not None:
