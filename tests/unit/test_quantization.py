@@ -73,7 +73,7 @@ def _cos(a, b) -> float:  # type: ignore[no-untyped-def]
         ({"backend": "torch", "mode": "static"}, "onnxruntime options"),
         ({"backend": "onnxruntime", "activations": "int8"}, "activations is a quanto option"),
         ({"backend": "onnxruntime", "op_types": ["Foo"]}, "allowed: MatMul"),
-        ({"backend": "torch", "exclude": ["lm_head"]}, "exclude is a quanto/onnxruntime option"),
+        ({"backend": "torch", "exclude": ["encoder.*"]}, "exclude is a quanto/onnxruntime option"),
         ({"backend": "onnxruntime", "calibration_method": "magic"}, "'minmax', 'entropy' or 'percentile'"),
         ({"backend": "quanto", "weights": "int8"}, "unknown field 'weights'"),
     ],
