@@ -80,3 +80,14 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("steps: [\n")
     with pytest.raises(BadInputError, match="not valid YAML"):
         Recipe.load(bad)
+
+
+def test_default_recipe_and_every_technique_round_trip(_test_techniques) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    default = Recipe.default()
+    assert [s.technique for s in default.steps] == ["head-pruning", "distillation", "quantization"]
+    assert Recipe.from_dict(yaml.safe_load(default.dump())) == default
+    for name in _test_techniques.techniques:  # a resolved recipe writes every default: it must load back
+        recipe = Recipe.from_dict({"model": "m", "steps": [{name: {}}]})
+        assert Recipe.from_dict(yaml.safe_load(recipe.dump())) == recipe, name
