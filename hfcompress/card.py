@@ -308,6 +308,9 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
     auto = {"feature-extraction": "AutoModel", "text-classification": "AutoModelForSequenceClassification",
             "text-generation": "AutoModelForCausalLM"}[task]
     text = "An example sentence."
+    # A pruned model's config names its own model type, which transformers resolves through the
+    # folder's code: the tokenizer needs trust_remote_code too, or transformers asks interactively.
+    remote = ", trust_remote_code=True" if config.get("auto_map") else ""
     if fmt_name == "onnx" or (folder / "model.onnx").is_file():
         fetch = f'hf_hub_download("{repo}", "model.onnx")' if repo else f'"{where}/model.onnx"'
         imports = "from huggingface_hub import hf_hub_download\n" if repo else ""
@@ -319,7 +322,7 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
             "```python",
             f"import onnxruntime as ort\n{imports}from transformers import AutoTokenizer",
             "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{where}"{remote})',
             f"session = ort.InferenceSession({fetch})",
             "names = {i.name for i in session.get_inputs()}",
             f'batch = tokenizer(["{text}"], padding=True, return_tensors="np")',
@@ -335,7 +338,6 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
             "",
             *_hfcompress_load(repo, where, header=False),
         ]
-    remote = ", trust_remote_code=True" if config.get("auto_map") else ""
     lines = []
     if remote:
         lines += [
@@ -364,7 +366,7 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
         "import torch",
         f"from transformers import {auto}, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}"{remote})',
         f'model = {auto}.from_pretrained("{where}"{remote})',
         f'batch = tokenizer(["{text}"], padding=True, return_tensors="pt")',
         *use,
@@ -380,11 +382,9 @@ def _hfcompress_load(repo: str | None, where: str, header: bool = True) -> list[
     return lines + [
         "```python",
         f"{imports}import hfcompress",
-        "from transformers import AutoTokenizer",
         "",
-        f"folder = {fetch}",
-        "model = hfcompress.load(folder)",
-        "tokenizer = AutoTokenizer.from_pretrained(folder)",
+        f"state = hfcompress.load_state({fetch})",
+        "model, tokenizer = state.model, state.tokenizer",
         "```",
     ]
 

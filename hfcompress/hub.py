@@ -288,15 +288,14 @@ def _verify_main(folder: Path) -> dict[str, Any]:
                        "max_abs_diff": diff})
 
     def via_hfcompress() -> ModelState:
-        from transformers import AutoTokenizer
-
         import hfcompress
         from hfcompress.artifact import load_state
+        from hfcompress.models import load_tokenizer
 
         model = hfcompress.load(folder)  # the public entry point users call
         if task is None:
             return load_state(folder)
-        return ModelState(model=model, tokenizer=AutoTokenizer.from_pretrained(folder), task=task, format=fmt)
+        return ModelState(model=model, tokenizer=load_tokenizer(folder), task=task, format=fmt)
 
     compare("hfcompress.load", via_hfcompress)
     from .models import AUTO_CLASSES
@@ -318,12 +317,12 @@ def _verify_main(folder: Path) -> dict[str, Any]:
 def _plain_transformers(folder: Path, task: str, remote_code: bool) -> Any:
     import transformers
 
-    from .models import AUTO_CLASSES
+    from .models import AUTO_CLASSES, load_tokenizer
     from .plugin import ModelState
 
     auto = getattr(transformers, AUTO_CLASSES[task])
     model = auto.from_pretrained(folder, trust_remote_code=remote_code).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     return ModelState(model=model, tokenizer=tokenizer, task=task)
 
 
@@ -331,8 +330,8 @@ def _plain_onnxruntime(folder: Path, task: str) -> Any:
     """The ONNX file through a bare ``onnxruntime.InferenceSession``, called like a transformers model."""
     import onnxruntime as ort
     import torch
-    import transformers
 
+    from .models import load_tokenizer
     from .plugin import ModelState
 
     files = sorted(folder.glob("*.onnx"))
@@ -351,7 +350,7 @@ def _plain_onnxruntime(folder: Path, task: str) -> Any:
             out = torch.from_numpy(session.run([wanted], feeds)[0])
             return type("Output", (), {"logits": out, "last_hidden_state": out})()
 
-    return ModelState(model=Session(), tokenizer=transformers.AutoTokenizer.from_pretrained(folder), task=task,
+    return ModelState(model=Session(), tokenizer=load_tokenizer(folder), task=task,
                       format="onnx")
 
 

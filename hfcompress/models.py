@@ -138,10 +138,35 @@ def load_model(source: ModelSource, task: str, dtype: Any = None) -> ModelState:
         kwargs["dtype"] = dtype
     model = auto.from_pretrained(source.path, **kwargs)
     model.eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.path, revision=source.revision)
-    if tokenizer.pad_token is None:  # decoders often ship without one; padding is needed for batches
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(source.path, source.revision)
     return ModelState(model=model, tokenizer=tokenizer, task=task)
+
+
+def load_tokenizer(path: str | Path, revision: str | None = None) -> Any:
+    """The tokenizer of a model folder or Hub id.
+
+    For a local folder whose tokenizer_config.json names its class, that class is used directly:
+    ``AutoTokenizer`` would first resolve the model config, and a pruned model's config names a
+    custom model type, which makes transformers ask interactively whether to run the folder's code.
+    """
+    import json
+
+    import transformers
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config_file = Path(path) / "tokenizer_config.json"
+    if config_file.is_file():
+        name = json.loads(config_file.read_text()).get("tokenizer_class")
+        cls = tokenizer_class_from_name(name) if isinstance(name, str) else None
+        if cls is not None:
+            tokenizer = cls.from_pretrained(str(path))
+            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return tokenizer
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), revision=revision)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def num_parameters(model: Any) -> int:

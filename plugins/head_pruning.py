@@ -835,8 +835,9 @@ class HeadPruning(Technique[HeadPruningConfig]):
     @classmethod
     def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
         """Load a folder with ``modeling_hfcompress_pruned.py`` through our own copy of that code."""
-        import transformers
         from hfcompress_plugins.modeling import modeling_hfcompress_pruned as pruned_code
+
+        from hfcompress.models import load_tokenizer
 
         pruned_code.register_auto_classes()
         config = json.loads((Path(path) / "config.json").read_text())
@@ -848,9 +849,7 @@ class HeadPruning(Technique[HeadPruningConfig]):
             )
         model = model_cls.from_pretrained(str(path))
         model.eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(path)
         task = info.get("task") or ("text-generation" if arch.endswith("ForCausalLM") else
                                     "text-classification" if arch.endswith("ForSequenceClassification") else
                                     "feature-extraction")

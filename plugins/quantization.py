@@ -574,12 +574,9 @@ def _register_pruned_classes(path: Path) -> bool:
 
 
 def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
+    from hfcompress.models import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_tokenizer(path)
 
 
 # -- measuring ----------------------------------------------------------------------------------
