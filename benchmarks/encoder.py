@@ -282,7 +282,10 @@ class EncoderSuite:
         }
 
     def _hfcompress(self, name: str, recipe: dict[str, Any], model: str = MODEL, task: str | None = None) -> Built:
-        return build_hfcompress(name, _with_max_steps(recipe, self.settings.distill_max_steps), model, task)
+        built = build_hfcompress(name, _with_max_steps(recipe, self.settings.distill_max_steps), model, task)
+        if self.settings.distill_max_steps is not None:
+            built.info["distillation_max_steps_override"] = self.settings.distill_max_steps
+        return built
 
     # -- the fine-tuned classifier --------------------------------------------------------------
     def finetuned_path(self) -> str:

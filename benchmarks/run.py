@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip", default=None, help="comma-separated substrings: leave out variants whose name contains one")
     run.add_argument("--group", default=None,
                      help="comma-separated groups to run: baseline, hfcompress, task (default: all)")
+    run.add_argument("--distill-steps", type=int, default=None,
+                     help="override every recipe's distillation max_steps (recorded in each variant's info.recipe)")
     run.add_argument("--tag", default=None, help="suffix for the results file names (<date>-<suite>-<tag>)")
     run.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
     again = sub.add_parser("retime", help="re-time a results file's variants round-robin (cached artifacts)")
@@ -61,11 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _make_suite(name: str, quick: bool) -> Any:
+def _make_suite(name: str, quick: bool, distill_steps: int | None = None) -> Any:
     if name == "encoder":
         from .encoder import EncoderSettings, EncoderSuite
 
-        return EncoderSuite(EncoderSettings.quick() if quick else EncoderSettings())
+        settings = EncoderSettings.quick() if quick else EncoderSettings()
+        if distill_steps is not None:
+            settings.distill_max_steps = distill_steps
+        return EncoderSuite(settings)
     from .decoder import DecoderSettings, DecoderSuite
 
     return DecoderSuite(DecoderSettings.quick() if quick else DecoderSettings())
@@ -88,11 +93,12 @@ def select(specs: list[VariantSpec], only: list[str] | None = None, skip: list[s
 
 
 def run_suite(name: str, quick: bool, threads: list[int], only: list[str] | None, out: Path,
-              skip: list[str] | None = None, groups: list[str] | None = None, tag: str | None = None) -> dict[str, Any]:
+              skip: list[str] | None = None, groups: list[str] | None = None, tag: str | None = None,
+              distill_steps: int | None = None) -> dict[str, Any]:
     import torch
 
     started = time.time()
-    suite = _make_suite(name, quick)
+    suite = _make_suite(name, quick, distill_steps)
     timing = suite.timing
     env = environment(threads)
     log.info("measuring the GEMM peak at %s thread(s)", threads)
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     suites = ["encoder", "decoder"] if args.suite == "all" else [args.suite]
     failed = 0
     for name in suites:
-        results = run_suite(name, args.quick, args.threads, only, args.out, skip, groups, args.tag)
+        results = run_suite(name, args.quick, args.threads, only, args.out, skip, groups, args.tag, args.distill_steps)
         failed += sum(1 for v in results["variants"] if v["error"])
     if failed:
         log.warning("%d variant(s) failed; their errors are in the results file", failed)
