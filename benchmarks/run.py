@@ -169,7 +169,7 @@ def retime(path: Path, threads: list[int] | None = None, add: list[str] | None =
         spec = specs[record["name"]]
         try:
             set_threads(max(threads))
-            built = added.pop(record["name"], None) or spec.build()
+            built = added.pop(record["name"], None) or _rebuild(record, spec)
         except Exception as exc:  # noqa: BLE001 - keep the others
             record["error"] = f"retime build: {type(exc).__name__}: {exc}"
             continue
@@ -188,6 +188,22 @@ def retime(path: Path, threads: list[int] | None = None, add: list[str] | None =
     paths = write_results(results, path.parent)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return results
+
+
+def _rebuild(record: dict[str, Any], spec: VariantSpec) -> Any:
+    """The variant as it was scored: an hfcompress output is reloaded from the very folder that
+    was measured (a rebuild could differ, e.g. ``quantization: auto`` choosing another backend)."""
+    artifact = (record.get("info") or {}).get("artifact")
+    if artifact and Path(artifact, "config.json").exists():
+        from hfcompress.artifact import load_state
+
+        from .common import built_from_state
+
+        state = load_state(artifact)
+        built = built_from_state(state, Path(artifact), state.task)
+        built.info.update(record.get("info") or {})
+        return built
+    return spec.build()
 
 
 def _finish(results: dict[str, Any], start_peaks: dict[str, dict[str, float]], started: float) -> None:
