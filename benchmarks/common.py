@@ -200,7 +200,7 @@ def _code_fingerprint() -> str:
 
     digest = hashlib.sha256()
     for package in (hfcompress, hfcompress_plugins):
-        root = Path(package.__file__).parent
+        root = Path(package.__file__ or ".").parent
         for file in sorted(root.rglob("*.py")):
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

@@ -10,6 +10,7 @@ timing routine at every thread count.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class DecoderSuite:
         self.settings = settings
         self.timing = Timing(settings.warmup, settings.repeats)
         self.batches: dict[str, dict[str, Any]] = {}
-        self.tokens_per_s: dict[str, dict[str, float]] = {}
+        self.tokens_per_s: dict[str, dict[str, dict[str, float]]] = {}
 
     def prepare(self, light: bool = False) -> None:
         from transformers import AutoTokenizer
@@ -197,5 +198,5 @@ class DecoderSuite:
         ]
         for name, (desc, recipe) in self.recipes().items():
             out.append(VariantSpec(name, "hfcompress", desc,
-                                   lambda n=name, r=recipe: build_hfcompress(n, copy.deepcopy(r), MODEL), group="hfcompress"))
+                                   functools.partial(build_hfcompress, name, copy.deepcopy(recipe), MODEL), group="hfcompress"))
         return out

@@ -13,6 +13,7 @@ The task-specific variants start from a classifier fine-tuned once on the traini
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -356,7 +357,7 @@ class EncoderSuite:
                         "quantize(model, weights=qint8); freeze(model)", self._quanto_int8),
         ]
         for name, (desc, recipe) in self.recipes().items():
-            out.append(VariantSpec(name, "hfcompress", desc, lambda n=name, r=recipe: self._hfcompress(n, r),
+            out.append(VariantSpec(name, "hfcompress", desc, functools.partial(self._hfcompress, name, recipe),
                                    group="hfcompress"))
         default = self.recipes()["hfcompress default recipe"][1]
         out += [

@@ -10,6 +10,7 @@ cost the numbers of the others.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
@@ -152,7 +153,7 @@ def time_round_robin(suite: Suite, entries: list[tuple[dict[str, Any], VariantSp
                     record, spec, built = entry
                     try:
                         for shape, batch in suite.batches.items():
-                            ms = timed_ms(lambda built=built, batch=batch: built.forward(batch))
+                            ms = timed_ms(functools.partial(built.forward, batch))
                             if round_index >= timing.warmup:
                                 samples[id(record)][shape].append(ms)
                     except Exception as exc:  # noqa: BLE001
@@ -212,7 +213,7 @@ def run_variant(suite: Suite, spec: VariantSpec, threads: list[int], timing: Tim
             lat, spread = {}, {}
             with torch.no_grad():  # not inference_mode: quanto int4 kernels fail there
                 for shape, batch in suite.batches.items():
-                    t = time_call(lambda batch=batch: built.forward(batch), timing)
+                    t = time_call(functools.partial(built.forward, batch), timing)
                     lat[shape] = round(t["median"], 3)
                     spread[shape] = [round(t["p10"], 3), round(t["p90"], 3)]
                 lat.update(suite.extra_timings(spec, built, n))
@@ -239,7 +240,7 @@ def run_variant(suite: Suite, spec: VariantSpec, threads: list[int], timing: Tim
 
 def _summary(record: dict[str, Any]) -> str:
     lat = record["latency_ms"]
-    first = next(iter(lat.values()), {})
+    first: dict[str, Any] = next(iter(lat.values()), {})
     return f"size={record['size_bytes']} latency={first} metrics={record['metrics']}"
 
 
