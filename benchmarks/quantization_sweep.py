@@ -28,15 +28,10 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/profile.py would
-# shadow the standard library's profile module (imported by torch): take that entry out.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

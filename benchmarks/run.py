@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         retime(args.results, args.threads, [a.strip() for a in args.add.split(",")] if args.add else None)
         return 0
     if args.command == "profile":
-        from .profile import markdown, profile_folder
+        from .profiling import markdown, profile_folder
 
         report = profile_folder(args.folder, args.threads, args.shape, args.runs)
         if args.out:

@@ -7,6 +7,8 @@ output folder appears only complete (written next to its final place, then renam
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
 import os
@@ -176,7 +178,10 @@ def _run_steps(p: Plan, state: ModelState, accelerator: Any, use_cache: bool) ->
     for i, step in enumerate(recipe.steps):
         technique = registry.technique(step.technique)
         plugin_version = registry.techniques[step.technique].plugin.version
-        key = fingerprint(base_key + [[s.to_yaml_obj() for s in recipe.steps[: i + 1]], plugin_version])
+        # The plugin's source is part of the key too: an editable install changes code, not versions.
+        source_file = inspect.getsourcefile(type(technique))
+        code = hashlib.sha256(Path(source_file).read_bytes()).hexdigest() if source_file else ""
+        key = fingerprint(base_key + [[s.to_yaml_obj() for s in recipe.steps[: i + 1]], plugin_version, code])
         cached = cache_dir("steps") / key
         label = f"[{i + 1}/{len(recipe.steps)}] {step.technique}"
         if use_cache and (cached / "step.json").exists():
