@@ -12,6 +12,8 @@ checked, and each subset is cached as a ``datasets`` dataset. Columns: ``text``,
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -54,7 +56,7 @@ def _fetch_archive(dest: Path) -> Path:
         digest = _sha256(got)
         if digest != SHA256:
             raise BadInputError(f"vader data: {ARCHIVE} has sha256 {digest}, expected {SHA256}; refusing to use it")
-        tmp_target = dest / (ARCHIVE + ".part")
+        tmp_target = dest / f"{ARCHIVE}.{os.getpid()}.part"
         tmp_target.write_bytes(got.read_bytes())
         tmp_target.replace(archive)
     return archive
@@ -101,9 +103,13 @@ class VaderSource(DataSource):
                 assert data is not None
                 rows = _parse(data.read())
         ds = datasets.Dataset.from_dict(rows)
-        tmp = root / f".{subset}.tmp"
+        # A per-process scratch name: several processes (DDP ranks, parallel runs) may build it at once.
+        tmp = root / f".{subset}.{os.getpid()}.tmp"
         ds.save_to_disk(str(tmp))
-        tmp.replace(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
         return datasets.load_from_disk(str(target))
 
 
