@@ -169,10 +169,13 @@ class Recipe(BaseModel):
 
         available = get_registry().techniques
         steps: list[dict[str, Any]] = []
+        # Measured on MiniLM / vader:movie (1 thread, batch 8 x 128): 25% of heads and of FFN neurons,
+        # then 200 distillation steps at lr 3e-4, then ONNX Runtime int8 gave mean cosine 0.950 to the
+        # base at 3.4x the speed; 33% heads + 50% FFN gave 4.7x but cosine 0.907. We default to quality.
         if "head-pruning" in available:
-            steps.append({"head-pruning": {"ratio": 0.33, "ffn_ratio": 0.5}})
+            steps.append({"head-pruning": {"ratio": 0.25, "ffn_ratio": 0.25}})
         if "distillation" in available:
-            steps.append({"distillation": {"max_steps": 200}})
+            steps.append({"distillation": {"max_steps": 200, "learning_rate": 3e-4}})
         if "quantization" in available:
             steps.append({"quantization": {"backend": "auto"}})
         return cls.from_dict({"model": model, "data": "vader:movie", "steps": steps})
