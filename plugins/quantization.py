@@ -134,6 +134,10 @@ class QuantizationConfig(TechniqueConfig):
     threads: int = Field(1, gt=0, le=1024)
     """auto: CPU threads while timing (PyTorch and ONNX Runtime alike)."""
     timing_batches: int = Field(5, gt=0, le=100)
+    tie_margin: float = Field(0.1, ge=0.0, le=1.0)
+    """auto: candidates whose median latency is within this fraction of the fastest count as tied,
+    and the smallest artifact among them wins. Timing on a shared CPU moves by ~10%; without a
+    margin the choice between close candidates (e.g. bf16 vs ONNX int8) flipped from run to run."""
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizationConfig:
@@ -189,6 +193,14 @@ class QuantizationConfig(TechniqueConfig):
             for key in ("calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"):
                 values.pop(key)
         return QuantizationConfig.model_validate({**values, **CANDIDATES[name]})
+
+
+def _pick(passing: dict[str, Any], measured: dict[str, dict[str, Any]], timings: dict[str, dict[str, float]],
+          margin: float) -> str:
+    """The fastest candidate, or the smallest one among those within ``margin`` of the fastest."""
+    fastest = min(timings[n]["median"] for n in passing)
+    tied = [n for n in passing if timings[n]["median"] <= fastest * (1.0 + margin)]
+    return min(tied, key=lambda n: (measured[n].get("size_bytes") or float("inf"), timings[n]["median"]))
 
 
 def _candidate_names(config: QuantizationConfig, device_type: str) -> list[str]:
@@ -302,12 +314,13 @@ class Quantization(Technique[QuantizationConfig]):
             "backend": "auto", "device": str(device), "threads": config.threads,
             "timing": f"{len(batches)} rounds over batches of {config.batch_size} x {config.sequence_length} tokens "
                       "from the calibration data, input and passing candidates round-robin after 1 warm-up each; "
-                      "latency median/min in ms; the fastest median wins",
+                      "latency median/min in ms; the fastest median wins, and within tie_margin of it the "
+                      "smallest artifact",
             "quality_gate": {"min_cosine": config.min_cosine,
                              **({"min_agreement": config.min_agreement} if state.task != "feature-extraction" else {})},
             "input_latency_ms": timings["input"], "candidates": list(measured.values()),
         }
-        best = min(passing, key=lambda n: timings[n]["median"]) if passing else None
+        best = _pick(passing, measured, timings, config.tie_margin) if passing else None
         for name in measured:  # drop the other candidates' exports from the work dir
             if name != best:
                 shutil.rmtree(Path(ctx.work_dir) / name.replace(":", "-"), ignore_errors=True)

@@ -276,6 +276,19 @@ def test_onnxruntime_static_int8_on_llama_logits(tiny_llama_dir: Path, tmp_path:
 
 
 # -- auto -------------------------------------------------------------------------------------
+def test_auto_pick_prefers_the_smallest_within_the_tie_margin() -> None:
+    from hfcompress_plugins.quantization import _pick
+
+    measured = {"torch:bf16": {"size_bytes": 45}, "onnxruntime:int8-dynamic": {"size_bytes": 23},
+                "quanto:int8": {"size_bytes": 58}}
+    timings = {"torch:bf16": {"median": 100.0}, "onnxruntime:int8-dynamic": {"median": 108.0},
+               "quanto:int8": {"median": 150.0}}
+    assert _pick(measured, measured, timings, 0.1) == "onnxruntime:int8-dynamic"  # 8% slower, half the size
+    assert _pick(measured, measured, timings, 0.0) == "torch:bf16"
+    timings["onnxruntime:int8-dynamic"]["median"] = 125.0
+    assert _pick(measured, measured, timings, 0.1) == "torch:bf16"  # 25% slower is not a tie
+
+
 def test_auto_measures_candidates_and_keeps_the_fastest_passing(tiny_bert_dir: Path, tmp_path: Path) -> None:
     state = _load(tiny_bert_dir, "feature-extraction")
     cfg = _config(backend="auto", candidates=["torch:bf16", "onnxruntime:int8-dynamic", "quanto:int4"],
@@ -293,9 +306,11 @@ def test_auto_measures_candidates_and_keeps_the_fastest_passing(tiny_bert_dir: P
     for row in passed:
         assert 0 < row["latency_ms"]["min"] <= row["latency_ms"]["median"]
     if passed:
-        fastest = min(passed, key=lambda r: r["latency_ms"]["median"])
-        assert result.changes["chosen"] == fastest["candidate"]
-        assert result.state.info["quantization"]["auto"]["chosen"] == fastest["candidate"]
+        fastest = min(r["latency_ms"]["median"] for r in passed)
+        tied = [r for r in passed if r["latency_ms"]["median"] <= fastest * (1 + cfg.tie_margin)]
+        expected = min(tied, key=lambda r: (r["size_bytes"], r["latency_ms"]["median"]))["candidate"]
+        assert result.changes["chosen"] == expected
+        assert result.state.info["quantization"]["auto"]["chosen"] == expected
     else:
         assert result.changes["chosen"] is None and result.state is state
     assert result.changes["threads"] == 1 and result.changes["input_latency_ms"]["min"] > 0
