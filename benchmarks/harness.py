@@ -87,6 +87,21 @@ def _fail(record: dict[str, Any], stage: str, exc: BaseException, name: str) -> 
     log.warning("[%s] FAILED at %s: %s: %s", name, stage, type(exc).__name__, exc)
 
 
+def _build(suite: Suite, spec: VariantSpec, threads: list[int], record: dict[str, Any]) -> Built:
+    """Build a variant and record its build time, size, parameters and FLOPs per batch shape."""
+    log.info("[%s] building", spec.name)
+    start = time.perf_counter()
+    set_threads(max(threads))  # building (export, quantization, distillation) may use all threads
+    built = spec.build()
+    record["build_seconds"] = round(time.perf_counter() - start, 2)
+    record.update(size_bytes=built.size_bytes, num_parameters=built.num_parameters,
+                  compute_dtype=built.compute_dtype, info=built.info)
+    for shape, batch in suite.batches.items():
+        b, s = batch["input_ids"].shape
+        record["flops_per_batch"][shape] = count_flops(built.shapes, int(b), int(s))
+    return built
+
+
 def build_and_score(suite: Suite, spec: VariantSpec, threads: list[int]) -> tuple[dict[str, Any], Built | None]:
     """Build one variant, count its FLOPs and measure its quality (no timing); never raises.
 
@@ -98,16 +113,7 @@ def build_and_score(suite: Suite, spec: VariantSpec, threads: list[int]) -> tupl
     record = _new_record(spec)
     stage = "build"
     try:
-        log.info("[%s] building", spec.name)
-        start = time.perf_counter()
-        set_threads(max(threads))  # building (export, quantization, distillation) may use all threads
-        built = spec.build()
-        record["build_seconds"] = round(time.perf_counter() - start, 2)
-        record.update(size_bytes=built.size_bytes, num_parameters=built.num_parameters,
-                      compute_dtype=built.compute_dtype, info=built.info)
-        for shape, batch in suite.batches.items():
-            b, s = batch["input_ids"].shape
-            record["flops_per_batch"][shape] = count_flops(built.shapes, int(b), int(s))
+        built = _build(suite, spec, threads, record)
         stage = "quality"
         built.set_threads(max(threads))
         with torch.no_grad():
@@ -196,16 +202,7 @@ def run_variant(suite: Suite, spec: VariantSpec, threads: list[int], timing: Tim
     stage = "build"
     built: Built | None = None
     try:
-        log.info("[%s] building", spec.name)
-        start = time.perf_counter()
-        set_threads(max(threads))  # building (export, quantization, distillation) may use all threads
-        built = spec.build()
-        record["build_seconds"] = round(time.perf_counter() - start, 2)
-        record.update(size_bytes=built.size_bytes, num_parameters=built.num_parameters,
-                      compute_dtype=built.compute_dtype, info=built.info)
-        for shape, batch in suite.batches.items():
-            b, s = batch["input_ids"].shape
-            record["flops_per_batch"][shape] = count_flops(built.shapes, int(b), int(s))
+        built = _build(suite, spec, threads, record)
         for n in threads:
             stage = f"timing with {n} thread(s)"
             set_threads(n)
