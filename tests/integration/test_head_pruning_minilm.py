@@ -19,6 +19,7 @@ from hfcompress.artifact import save_state
 from hfcompress.data import DataConfig, load_data
 from hfcompress.models import load_model, resolve_model
 from hfcompress.plugin import ModelState, ModelTarget, StepContext
+from hfcompress.testing.isolation import BLOCK_HFCOMPRESS
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +48,7 @@ def _encode(state: ModelState, texts: list[str]) -> dict[str, Any]:
     return {k: v for k, v in enc.items() if k in keep}
 
 
-BLOCKED = r"""
-import sys
-sys.modules["hfcompress"] = None
-sys.modules["hfcompress_plugins"] = None
-try:
-    import hfcompress  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("hfcompress is importable; the isolation did not work")
+BLOCKED = BLOCK_HFCOMPRESS + r"""
 import torch
 from transformers import AutoModel, AutoTokenizer
 folder, inputs_file, out_file = sys.argv[1:4]

@@ -20,6 +20,7 @@ from hfcompress.errors import BadInputError
 from hfcompress.models import ModelSource, load_model
 from hfcompress.plugin import ModelState, ModelTarget, StepContext
 from hfcompress.registry import get_registry
+from hfcompress.testing.isolation import BLOCK_HFCOMPRESS
 from hfcompress.testing.models import make_tiny_bert, make_tiny_llama
 
 TEXTS = [
@@ -439,16 +440,7 @@ def test_global_scope_keeps_one_head_per_layer(tiny_bert_dir: Path, tmp_path: Pa
 # ----------------------------------------------------------------------------------- portability
 
 
-BLOCK_HFCOMPRESS = r"""
-import sys
-sys.modules["hfcompress"] = None
-sys.modules["hfcompress_plugins"] = None
-try:
-    import hfcompress  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("hfcompress is importable; the isolation did not work")
+LOAD_WITHOUT_HFCOMPRESS = BLOCK_HFCOMPRESS + r"""
 import torch
 import transformers
 folder, auto_name, out_file = sys.argv[1:4]
@@ -466,7 +458,7 @@ def run_without_hfcompress(folder: Path, auto_name: str, inputs: dict[str, Any],
     torch.save(inputs, tmp_path / "inputs.pt")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCK_HFCOMPRESS, str(folder), auto_name, str(tmp_path / "out.pt"),
+        [sys.executable, "-c", LOAD_WITHOUT_HFCOMPRESS, str(folder), auto_name, str(tmp_path / "out.pt"),
          str(tmp_path / "inputs.pt")],
         capture_output=True, text=True, env=env, timeout=300,
     )
