@@ -6,6 +6,15 @@ ONE logistic-regression probe (scikit-learn) trained on the fp32 model's embeddi
 training split and applied unchanged to each variant's held-out embeddings. A variant that
 moves the embedding space loses probe accuracy; that is the point of using one probe.
 
+The probe reads the embedding the model is published to produce: all-MiniLM-L6-v2's
+sentence-transformers pipeline is Transformer -> mean Pooling -> Normalize (modules.json), so the
+probe is fit on L2-normalised mean-pooled vectors, as MTEB's classification protocol does (plain
+LogisticRegression on the embeddings). A second probe on raw vectors with per-feature
+standardisation is kept as ``probe_accuracy_standardized``: standardising divides by each
+feature's spread on the base model, so a small common offset in low-variance features (which
+distillation can introduce while cosine stays high) swings it towards one class; it shows how a
+downstream model that did not normalise would fare.
+
 The task-specific variants start from a classifier fine-tuned once on the training split
 (cached) and report plain held-out accuracy.
 """
@@ -69,6 +78,13 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def l2_normalize(x: Any) -> Any:
+    """Rows scaled to unit length: the sentence-transformers Normalize module of all-MiniLM-L6-v2."""
+    import numpy as np
+
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def _with_max_steps(recipe: dict[str, Any], max_steps: int | None) -> dict[str, Any]:
     """A copy of ``recipe`` whose distillation steps run ``max_steps`` (quick mode)."""
     if max_steps is None:
@@ -126,11 +142,14 @@ class EncoderSuite:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        # Trained once, on the base model's embeddings; every variant is scored with this probe.
-        self.probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-        self.probe.fit(train_emb.numpy(), list(probe_train["label"]))
+        # Trained once, on the base model's embeddings; every variant is scored with these probes.
+        labels = list(probe_train["label"])
+        self.probe = LogisticRegression(max_iter=2000, C=1.0).fit(l2_normalize(train_emb.numpy()), labels)
+        self.probe_standardized = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        self.probe_standardized.fit(train_emb.numpy(), labels)
         self.probe_info = {"train_samples": len(probe_train), "eval_samples": len(self.eval_texts),
-                           "model": "StandardScaler + LogisticRegression(C=1.0)"}
+                           "model": "LogisticRegression(C=1.0) on L2-normalised mean-pooled embeddings",
+                           "model_standardized": "StandardScaler + LogisticRegression(C=1.0) on raw mean-pooled embeddings"}
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -173,8 +192,11 @@ class EncoderSuite:
             return out
         emb = self._embed(built.forward, self.eval_chunks)
         cos = torch.nn.functional.cosine_similarity(emb, self.base_eval, dim=-1)
-        acc = float((self.probe.predict(emb.numpy()) == np.array(self.eval_labels)).mean())
-        return {"cosine_to_base": float(cos.mean()), "cosine_to_base_min": float(cos.min()), "probe_accuracy": acc}
+        labels = np.array(self.eval_labels)
+        acc = float((self.probe.predict(l2_normalize(emb.numpy())) == labels).mean())
+        acc_std = float((self.probe_standardized.predict(emb.numpy()) == labels).mean())
+        return {"cosine_to_base": float(cos.mean()), "cosine_to_base_min": float(cos.min()), "probe_accuracy": acc,
+                "probe_accuracy_standardized": acc_std}
 
     def extra_timings(self, spec: VariantSpec, built: Built, threads: int) -> dict[str, float]:
         return {}

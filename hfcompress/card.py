@@ -316,6 +316,11 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
         imports = "from huggingface_hub import hf_hub_download\n" if repo else ""
         out = "last_hidden_state" if task == "feature-extraction" else "logits"
         note = "  # mean-pool it with the attention mask" if task == "feature-extraction" else ""
+        # quantization (graph_optimization: auto) may have measured that ONNX Runtime runs this
+        # graph faster with some load-time fusions off; hfcompress.load applies it, plain ORT must too.
+        disabled = ((marker.get("info") or {}).get("quantization") or {}).get("ort_disabled_optimizers") or []
+        session = f"ort.InferenceSession({fetch}, disabled_optimizers={disabled!r})" if disabled else \
+            f"ort.InferenceSession({fetch})"
         return [
             "ONNX Runtime, no PyTorch needed (`pip install onnxruntime transformers`):",
             "",
@@ -323,7 +328,7 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
             f"import onnxruntime as ort\n{imports}from transformers import AutoTokenizer",
             "",
             f'tokenizer = AutoTokenizer.from_pretrained("{where}"{remote})',
-            f"session = ort.InferenceSession({fetch})",
+            f"session = {session}",
             "names = {i.name for i in session.get_inputs()}",
             f'batch = tokenizer(["{text}"], padding=True, return_tensors="np")',
             f"({out},) = session.run(None, {{k: v for k, v in batch.items() if k in names}}){note}",

@@ -148,7 +148,16 @@ def sample_feed(tokenizer: Any, input_names: Sequence[str], texts: Sequence[str]
             for name in input_names}
 
 
-def _session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None) -> Any:
+# ONNX Runtime's load-time fusion of residual Add + LayerNormalization into SkipLayerNormalization.
+# In int8 graphs (DynamicQuantizeMatMul) on AVX-512 CPUs without AMX its kernel measured slower
+# than the unfused pair: all-MiniLM-L6-v2 pruned 50%/50%, ORT dynamic int8, 1 thread, 8x128:
+# 57.6 ms fused vs 47.8 ms unfused (SkipLayerNormalization was 19% of the run). Whether it helps
+# depends on the CPU, so quantization (graph_optimization: auto) times both and records the choice.
+SKIP_LAYERNORM_FUSION = "SkipLayerNormFusion"
+
+
+def _session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
+             disabled_optimizers: Sequence[str] | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -156,7 +165,8 @@ def _session(path: Path, threads: int | None = None, providers: Sequence[str] | 
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]),
+                                disabled_optimizers=list(disabled_optimizers or []) or None)
 
 
 def _max_abs_diff(a_path: Path, b_path: Path, feed: dict[str, Any]) -> float:
@@ -171,6 +181,17 @@ def _max_abs_diff(a_path: Path, b_path: Path, feed: dict[str, Any]) -> float:
     return float(np.max(np.abs(a - b)) / max(1e-6, float(np.max(np.abs(a)))))
 
 
+def _model_type(config: Any) -> str:
+    # Head-pruned models (plugins/head_pruning.py) keep their family's graph under their own
+    # model_type; the fusions apply to them the same way.
+    return str(getattr(config, "model_type", "")).removeprefix("hfcompress-pruned-")
+
+
+def bert_like(config: Any) -> bool:
+    """Post-LayerNorm BERT-family graphs: what ONNX Runtime's BERT and SkipLayerNorm fusions target."""
+    return _model_type(config) in BERT_LIKE
+
+
 def optimize(src: Path, dst: Path, config: Any, feed: dict[str, Any], tolerance: float = 1e-3) -> dict[str, Any]:
     """ONNX Runtime's transformer graph fusions for BERT-family graphs (what ORTOptimizer does).
 
@@ -179,13 +200,10 @@ def optimize(src: Path, dst: Path, config: Any, feed: dict[str, Any], tolerance:
     patterns the fusions mis-handle, and a wrong fast graph is worse than a correct slow one.
     Returns what was done; ``dst`` always exists afterwards (a copy of ``src`` when not fused).
     """
-    # Head-pruned models (plugins/head_pruning.py) keep their family's graph under their own
-    # model_type; the fusions apply to them the same way.
-    model_type = str(getattr(config, "model_type", "")).removeprefix("hfcompress-pruned-")
     report: dict[str, Any] = {"graph_optimization": "none"}
-    if model_type not in BERT_LIKE:
+    if not bert_like(config):
         shutil.copyfile(src, dst)
-        report["graph_optimization_reason"] = f"no ONNX Runtime transformer fusion for model_type {model_type!r}"
+        report["graph_optimization_reason"] = f"no ONNX Runtime transformer fusion for model_type {_model_type(config)!r}"
         return report
     try:
         from onnxruntime.transformers.optimizer import optimize_model
@@ -333,17 +351,20 @@ class OnnxModel:
     transformers ``ModelOutput`` with ``last_hidden_state`` or ``logits`` as torch tensors.
     ``input_names`` lists the inputs the graph accepts (the runner drops others), and
     ``set_num_threads(n)`` recreates the session with ``intra_op_num_threads=n`` so speed
-    measurements can pin threads exactly as for PyTorch.
+    measurements can pin threads exactly as for PyTorch. ``disabled_optimizers`` names ONNX
+    Runtime load-time optimizers to switch off (see ``SKIP_LAYERNORM_FUSION``).
     """
 
     def __init__(self, path: str | Path, config: Any = None, task: str = "feature-extraction",
-                 num_threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+                 num_threads: int | None = None, providers: Sequence[str] | None = None,
+                 disabled_optimizers: Sequence[str] | None = None) -> None:
         self.path = Path(path)
         self.config = config
         self.task = task
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.num_threads = num_threads
-        self.session = _session(self.path, num_threads, self.providers)
+        self.disabled_optimizers = list(disabled_optimizers or [])
+        self.session = _session(self.path, num_threads, self.providers, self.disabled_optimizers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.num_parameters = count_parameters(self.path)
@@ -351,7 +372,7 @@ class OnnxModel:
     def set_num_threads(self, n: int) -> None:
         if n != self.num_threads:
             self.num_threads = n
-            self.session = _session(self.path, n, self.providers)
+            self.session = _session(self.path, n, self.providers, self.disabled_optimizers)
 
     @property
     def device(self) -> Any:

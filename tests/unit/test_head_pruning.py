@@ -174,6 +174,8 @@ def test_data_requirement_follows_importance() -> None:
     t = HeadPruning()
     assert t.data_requirement(HeadPruningConfig(ratio=0.25)) == "text"
     assert t.data_requirement(HeadPruningConfig(ratio=0.25, importance="magnitude")) == "none"
+    assert t.data_requirement(HeadPruningConfig(ratio=0.25, importance="magnitude",
+                                                reconstruction="least-squares")) == "text"
 
 
 # ----------------------------------------------------------------------------------- check
@@ -215,6 +217,9 @@ def test_check_needs_data_for_gradient_importance(tiny_bert_dir: Path) -> None:
     with pytest.raises(BadInputError, match="importance: magnitude"):
         HeadPruning().check(HeadPruningConfig(ratio=0.25), target)
     HeadPruning().check(HeadPruningConfig(ratio=0.25, importance="magnitude"), target)
+    with pytest.raises(BadInputError, match="reconstruction: none"):
+        HeadPruning().check(HeadPruningConfig(ratio=0.25, importance="magnitude", reconstruction="least-squares"),
+                            target)
 
 
 def test_check_keeps_gqa_units(tiny_llama_dir: Path) -> None:
@@ -513,6 +518,36 @@ def test_pruned_encoder_exports_to_onnx(tiny_bert_dir: Path, tmp_path: Path) -> 
     pruned = HeadPruning().apply(state, HeadPruningConfig(ratio=0.5, ffn_ratio=0.5), _ctx(tmp_path)).state
     assert pruned.model.config.pruned_layout["num_attention_heads"] != [4, 4]
     assert export_and_compare(pruned, tmp_path / "model.onnx") <= 1e-4
+
+
+# ----------------------------------------------------------------------------------- reconstruction
+
+
+@pytest.mark.parametrize(("family", "task"), [("bert", "feature-extraction"), ("llama", "text-generation")])
+def test_least_squares_reconstruction_shrinks_the_pruned_layers_error(family: str, task: str, tiny_bert_dir: Path,
+                                                                       tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Only layer 0 is pruned, so its input is the dense model's: the refit must bring layer 0's
+    output closer to the dense one than plain slicing does (BERT with biases, Llama without)."""
+    path = tiny_bert_dir if family == "bert" else tiny_llama_dir
+    inputs = _inputs(_load(path, task), TEXTS[:8])
+
+    def layer0(state: ModelState) -> torch.Tensor:
+        with torch.no_grad():
+            return state.model(**inputs, output_hidden_states=True).hidden_states[1]
+
+    dense = layer0(_load(path, task))
+    errors, records = {}, {}
+    for method in ("none", "least-squares"):
+        cfg = HeadPruningConfig(heads_to_remove=[2, 0], neurons_to_remove=[24, 0], importance="magnitude",
+                                reconstruction=method)
+        result = HeadPruning().apply(_load(path, task), cfg, _ctx(tmp_path))
+        errors[method] = float((layer0(result.state) - dense).pow(2).mean())
+        records[method] = result.changes["reconstruction"]
+    assert records["none"] == {"method": "none"}
+    rec = records["least-squares"]
+    assert rec["relative_error_attention_out"][1] is None and rec["relative_error_ffn_out"][1] is None  # layer 1 kept
+    assert 0 < rec["relative_error_ffn_out"][0] < 1
+    assert errors["least-squares"] < 0.8 * errors["none"], errors
 
 
 # ----------------------------------------------------------------------------------- through the pipeline

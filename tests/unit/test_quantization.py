@@ -236,8 +236,8 @@ def test_onnxruntime_dynamic_int8_folder_runs_in_plain_onnxruntime(tiny_bert_dir
     result = _technique().apply(state, _config(backend="onnxruntime"), _ctx(tmp_path))
     new = result.state
     assert new.format == "onnx" and result.changes["mode"] == "dynamic" and result.changes["per_channel"]
-    assert result.changes["graph_optimization"] in ("none", "bert-fusion")
-    assert set(result.changes["graph_optimization_timings_ms"]) == {"none", "bert-fusion"}
+    assert result.changes["graph_optimization"] in ("none", "bert-fusion", "unfused-layernorm")
+    assert set(result.changes["graph_optimization_timings_ms"]) == {"none", "bert-fusion", "unfused-layernorm"}
     assert new.model.input_names == ["input_ids", "attention_mask", "token_type_ids"]
     assert _cos(_outputs(new), before) > 0.95
     out = tmp_path / "out"
@@ -252,9 +252,29 @@ def test_onnxruntime_dynamic_int8_folder_runs_in_plain_onnxruntime(tiny_bert_dir
     assert reloaded.format == "onnx"
     reloaded.model.set_num_threads(1)
     assert reloaded.model.session.get_session_options().intra_op_num_threads == 1
+    assert reloaded.model.disabled_optimizers == result.changes["ort_disabled_optimizers"]
     ours = reloaded.model(**{k: v for k, v in enc.items()}).last_hidden_state.numpy()
-    assert np.array_equal(ours, hidden)
+    assert np.allclose(ours, hidden, atol=1e-4)  # load-time fusions may differ: same math, other kernels
     assert reloaded.model.num_parameters > 30522 * 32  # the embedding is in the graph
+
+
+def test_unfused_layernorm_is_recorded_and_applied_on_load(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from hfcompress.card import _snippet
+
+    state = _load(tiny_bert_dir, "feature-extraction")
+    result = _technique().apply(state, _config(backend="onnxruntime", graph_optimization="unfused-layernorm"),
+                                _ctx(tmp_path))
+    assert result.changes["graph_optimization"] == "unfused-layernorm"
+    assert result.changes["ort_disabled_optimizers"] == ["SkipLayerNormFusion"]
+    save_state(result.state, tmp_path / "out")
+    reloaded = load_state(tmp_path / "out")
+    assert reloaded.model.disabled_optimizers == ["SkipLayerNormFusion"]
+    reloaded.model.set_num_threads(1)  # a new session keeps the setting
+    assert reloaded.model.disabled_optimizers == ["SkipLayerNormFusion"]
+    ops = {n.op_type for n in __import__("onnx").load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    assert "SkipLayerNormalization" not in ops  # the file itself is the plain quantized export
+    card = "\n".join(_snippet(tmp_path / "out", "feature-extraction", None, "out"))
+    assert "disabled_optimizers=['SkipLayerNormFusion']" in card  # plain-ORT users get the same setting
 
 
 def test_onnxruntime_static_int8_on_llama_logits(tiny_llama_dir: Path, tmp_path: Path) -> None:
