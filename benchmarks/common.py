@@ -124,7 +124,8 @@ def export_onnx(model: Any, tokenizer: Any, path: Path, task: str = "feature-ext
     return path
 
 
-def onnx_built(path: Path, num_parameters: int, compute_dtype: str, info: dict[str, Any] | None = None) -> Built:
+def onnx_built(path: Path, num_parameters: int, compute_dtype: str, info: dict[str, Any] | None = None,
+               disabled_optimizers: list[str] | None = None) -> Built:
     """An ONNX Runtime variant: one session per thread count (``intra_op_num_threads``), CPU EP."""
     import numpy as np
     import onnxruntime as ort
@@ -139,7 +140,8 @@ def onnx_built(path: Path, num_parameters: int, compute_dtype: str, info: dict[s
             opts.intra_op_num_threads = n
             opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            sessions[n] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            sessions[n] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                               disabled_optimizers=disabled_optimizers or None)
         current["session"] = sessions[n]
 
     set_threads(1)

@@ -250,7 +250,7 @@ class EncoderSuite:
         base = self._load_fp32()
         return onnx_built(self._onnx_fp32_path(), sum(p.numel() for p in base.parameters()), "fp32")
 
-    def _ort_int8(self) -> Built:
+    def _ort_int8(self, disabled_optimizers: list[str] | None = None) -> Built:
         from onnxruntime.quantization import quantize_dynamic
 
         src = self._onnx_fp32_path()
@@ -259,7 +259,8 @@ class EncoderSuite:
             # The defaults, as a user would call it (QInt8 weights, per-tensor).
             quantize_dynamic(str(src), str(dst))
         base = self._load_fp32()
-        return onnx_built(dst, sum(p.numel() for p in base.parameters()), "int8")
+        return onnx_built(dst, sum(p.numel() for p in base.parameters()), "int8",
+                          disabled_optimizers=disabled_optimizers)
 
     def _quanto_int8(self) -> Built:
         from optimum.quanto import freeze, qint8, quantize
@@ -274,7 +275,7 @@ class EncoderSuite:
 
     def recipes(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """hfcompress variants: name -> (description, recipe dict without ``model``)."""
-        from hfcompress.recipe import Recipe
+        from hfcompress.recipe import DEFAULT_STEPS, Recipe
 
         default = Recipe.default(MODEL).to_dict()
         default.pop("model", None)
@@ -286,22 +287,27 @@ class EncoderSuite:
             return {"data": DATA, "steps": list(steps), "evaluate": evaluate}
 
         default["evaluate"] = evaluate
+        # The default's steps as written in hfcompress.recipe (compact), for the single-technique variants.
+        steps = {next(iter(step)): dict(next(iter(step.values()))) for step in DEFAULT_STEPS}
+        prune, distil = steps["head-pruning"], steps["distillation"]
+        aggressive = {"ratio": 0.67, "ffn_ratio": 0.75}
+
+        def describe(*steps: tuple[str, dict[str, Any]]) -> str:
+            return " -> ".join(f"{name} {json.dumps(cfg)}" for name, cfg in steps)
+
         return {
             "hfcompress default recipe": (
-                "Recipe.default(): head-pruning {ratio 0.33, ffn_ratio 0.5} -> distillation {max_steps 200} "
-                "-> quantization {backend auto}", default),
+                "Recipe.default(): " + describe(*((k, v) for k, v in steps.items())), default),
             "hfcompress head-pruning only": (
-                "head-pruning {ratio 0.33, ffn_ratio 0.5}, no recovery training",
-                recipe({"head-pruning": {"ratio": 0.33, "ffn_ratio": 0.5}})),
+                describe(("head-pruning", prune)) + ", no recovery training", recipe({"head-pruning": prune})),
             "hfcompress distillation only": (
-                "distillation into a 3-layer student (layers 0, 2, 4), 200 steps",
-                recipe({"distillation": {"student": {"layers": [0, 2, 4]}, "max_steps": 200}})),
+                describe(("distillation", {"student": {"layers": [0, 2, 4]}, **distil})) + " (a 3-layer student)",
+                recipe({"distillation": {"student": {"layers": [0, 2, 4]}, **distil}})),
             "hfcompress quantization only": (
-                "quantization {backend auto}", recipe({"quantization": {"backend": "auto"}})),
+                describe(("quantization", {"backend": "auto"})), recipe({"quantization": {"backend": "auto"}})),
             "hfcompress aggressive": (
-                "head-pruning {ratio 0.5, ffn_ratio 0.75} -> distillation {max_steps 300} -> quantization {backend auto}",
-                recipe({"head-pruning": {"ratio": 0.5, "ffn_ratio": 0.75}}, {"distillation": {"max_steps": 300}},
-                       {"quantization": {"backend": "auto"}})),
+                describe(("head-pruning", aggressive), ("distillation", distil), ("quantization", {"backend": "auto"})),
+                recipe({"head-pruning": aggressive}, {"distillation": distil}, {"quantization": {"backend": "auto"}})),
         }
 
     def _hfcompress(self, name: str, recipe: dict[str, Any], model: str = MODEL, task: str | None = None) -> Built:
@@ -375,6 +381,11 @@ class EncoderSuite:
                         "torch.onnx.export (dynamo=False, opset 17), CPUExecutionProvider", self._ort_fp32),
             VariantSpec("ONNX Runtime dynamic int8", "onnxruntime.quantization",
                         "quantize_dynamic(fp32.onnx, int8.onnx) with its defaults", self._ort_int8),
+            # The session setting hfcompress' quantization measures and applies, given to the plain
+            # tool as well, so the table separates it from what pruning + distillation buy.
+            VariantSpec("ONNX Runtime dynamic int8, SkipLayerNormFusion off", "onnxruntime.quantization",
+                        "the same int8 file, InferenceSession(disabled_optimizers=['SkipLayerNormFusion'])",
+                        lambda: self._ort_int8(["SkipLayerNormFusion"])),
             VariantSpec("optimum-quanto int8 weights", "optimum-quanto",
                         "quantize(model, weights=qint8); freeze(model)", self._quanto_int8),
         ]
