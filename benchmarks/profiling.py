@@ -45,7 +45,8 @@ def summarize_onnx_profile(events: list[dict[str, Any]], runs: int) -> list[dict
                   key=lambda r: -r["ms"])
 
 
-def _profile_onnx(path: Path, batch: dict[str, Any], threads: int, runs: int, work: Path) -> list[dict[str, Any]]:
+def _profile_onnx(path: Path, batch: dict[str, Any], threads: int, runs: int, work: Path,
+                  disabled_optimizers: list[str] | None = None) -> list[dict[str, Any]]:
     import numpy as np
     import onnxruntime as ort
 
@@ -55,7 +56,8 @@ def _profile_onnx(path: Path, batch: dict[str, Any], threads: int, runs: int, wo
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_profiling = True
     opts.profile_file_prefix = str(work / "ort-profile")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=disabled_optimizers or None)
     names = {i.name for i in session.get_inputs()}
     feed = {k: v.numpy().astype(np.int64) for k, v in batch.items() if k in names}
     for _ in range(2):  # warm-up runs are in the profile too; they are dropped below
@@ -117,7 +119,9 @@ def profile_folder(folder: Path, threads: int = 1, shape: str = "b8xs128", runs:
     work.mkdir(exist_ok=True)
     onnx_path = getattr(state.model, "path", None)
     if onnx_path is not None and str(onnx_path).endswith(".onnx"):
-        rows, profiler = _profile_onnx(Path(onnx_path), batch, threads, runs, work), "onnxruntime"
+        # the session settings the folder records (what hfcompress.load uses)
+        disabled = getattr(state.model, "disabled_optimizers", None)
+        rows, profiler = _profile_onnx(Path(onnx_path), batch, threads, runs, work, disabled), "onnxruntime"
     else:
         accepted = getattr(state.model, "input_names", None)
         feed = {k: v for k, v in batch.items() if accepted is None or k in accepted}
