@@ -176,6 +176,10 @@ class DecoderSuite:
                                   "max_length": 64}}
         distil = {"distillation": {"max_steps": steps, "batch_size": 8, "sequence_length": 64}}
         return {
+            "hfcompress quantization only": (
+                "quantization {backend auto}: measured candidates, quality-gated (top-1 agreement with the input model)",
+                {"data": DATA, "task": "text-generation", "steps": [{"quantization": {"backend": "auto"}}],
+                 "evaluate": evaluate}),
             "hfcompress pruning + distillation": (
                 f"head-pruning {{ratio 0.33, ffn_ratio 0.5}} -> distillation {{max_steps {steps}}}",
                 {"data": DATA, "task": "text-generation", "steps": [prune, distil], "evaluate": evaluate}),
