@@ -929,7 +929,8 @@ class HeadPruning(Technique[HeadPruningConfig]):
             new.removed_kv_heads.append(sorted(lay.removed_kv_heads[i] + [orig_kv[k] for k in gone_kv]))
             new.removed_neurons.append(sorted(lay.removed_neurons[i] + [orig_n[j] for j in gone_n]))
 
-        refits, reconstruction = None, {"method": "none"}
+        refits: list[dict[str, Any]] | None = None
+        reconstruction: dict[str, Any] = {"method": "none"}
         if config.reconstruction == "least-squares":
             start = time.perf_counter()
             grams = reconstruction_grams(state, lay, config, ctx)
