@@ -69,7 +69,11 @@ texts = json.load(open(texts_file))
 tokenizer = AutoTokenizer.from_pretrained(folder)
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
-session = ort.InferenceSession(folder + "/model.onnx", options, providers=["CPUExecutionProvider"])
+# the session setting quantization measured and recorded (the card's snippet passes it too)
+recorded = json.load(open(folder + "/config.json"))["hfcompress"]["info"]["quantization"]
+disabled = recorded.get("ort_disabled_optimizers") or None
+session = ort.InferenceSession(folder + "/model.onnx", options, providers=["CPUExecutionProvider"],
+                               disabled_optimizers=disabled)
 pooled = []
 for i in range(0, len(texts), 32):
     enc = tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="np")
