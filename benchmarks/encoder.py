@@ -289,7 +289,7 @@ class EncoderSuite:
         default["evaluate"] = evaluate
         # The default's steps as written in hfcompress.recipe (compact), for the single-technique variants.
         steps = {next(iter(step)): dict(next(iter(step.values()))) for step in DEFAULT_STEPS}
-        prune, distil = steps["head-pruning"], steps["distillation"]
+        prune, distil, quantize = steps["head-pruning"], steps["distillation"], steps["quantization"]
         aggressive = {"ratio": 0.67, "ffn_ratio": 0.75}
 
         def describe(*steps: tuple[str, dict[str, Any]]) -> str:
@@ -297,17 +297,17 @@ class EncoderSuite:
 
         return {
             "hfcompress default recipe": (
-                "Recipe.default(): " + describe(*((k, v) for k, v in steps.items())), default),
+                "Recipe.default(): " + describe(*steps.items()), default),
             "hfcompress head-pruning only": (
                 describe(("head-pruning", prune)) + ", no recovery training", recipe({"head-pruning": prune})),
             "hfcompress distillation only": (
                 describe(("distillation", {"student": {"layers": [0, 2, 4]}, **distil})) + " (a 3-layer student)",
                 recipe({"distillation": {"student": {"layers": [0, 2, 4]}, **distil}})),
             "hfcompress quantization only": (
-                describe(("quantization", {"backend": "auto"})), recipe({"quantization": {"backend": "auto"}})),
+                describe(("quantization", quantize)), recipe({"quantization": quantize})),
             "hfcompress aggressive": (
-                describe(("head-pruning", aggressive), ("distillation", distil), ("quantization", {"backend": "auto"})),
-                recipe({"head-pruning": aggressive}, {"distillation": distil}, {"quantization": {"backend": "auto"}})),
+                describe(("head-pruning", aggressive), ("distillation", distil), ("quantization", quantize)),
+                recipe({"head-pruning": aggressive}, {"distillation": distil}, {"quantization": quantize})),
         }
 
     def _hfcompress(self, name: str, recipe: dict[str, Any], model: str = MODEL, task: str | None = None) -> Built:

@@ -155,16 +155,13 @@ def load_tokenizer(path: str | Path, revision: str | None = None) -> Any:
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
     config_file = Path(path) / "tokenizer_config.json"
-    if config_file.is_file():
-        name = json.loads(config_file.read_text()).get("tokenizer_class")
-        cls = tokenizer_class_from_name(name) if isinstance(name, str) else None
-        if cls is not None:
-            tokenizer = cls.from_pretrained(str(path))
-            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-                tokenizer.pad_token = tokenizer.eos_token
-            return tokenizer
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), revision=revision)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+    name = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    cls = tokenizer_class_from_name(name) if isinstance(name, str) else None
+    if cls is not None:
+        tokenizer = cls.from_pretrained(str(path))
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), revision=revision)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoders often ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -339,11 +339,13 @@ class Quantization(Technique[QuantizationConfig]):
     # -- reload ----------------------------------------------------------------------------
     @classmethod
     def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
+        from hfcompress.models import load_tokenizer
+
         path = Path(path)
         fmt = info.get("format")
         task = info.get("task") or "feature-extraction"
         state_info = dict(info.get("info") or {})
-        tokenizer = _load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
         if fmt == "onnx":
             import json
 
@@ -602,12 +604,6 @@ def _register_pruned_classes(path: Path) -> bool:
 
     modeling_hfcompress_pruned.register_auto_classes()
     return True
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from hfcompress.models import load_tokenizer
-
-    return load_tokenizer(path)
 
 
 # -- measuring ----------------------------------------------------------------------------------
