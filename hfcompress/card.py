@@ -9,7 +9,9 @@ Body: the base-vs-compressed table, a plot (``evaluation.png``), the steps, the 
 hardware and software it was measured on, how to load it, how to reproduce it. Every number on
 the card is a value of results.json (or of :func:`hfcompress.evaluation.compare_blocks` applied
 to it, stored as ``results["comparison"]``), printed with :func:`fmt`, which never rounds: the
-evaluation rounded once, when results.json was built.
+evaluation rounded once, when results.json was built. Labels, units and directions ("better" /
+"worse") are the evaluators' own declarations (:class:`hfcompress.plugin.Metric`); the data's
+description and licence are its data source's (``DataSource.description``/``license``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .evaluation import SETTING_KEYS, TOP_LEVEL, compare_blocks, higher_is_better
+from .evaluation import TOP_LEVEL, compare_blocks, declaration, metric_declarations
+from .plugin import DataSource, Metric
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +42,6 @@ BUILTIN_HUB_IDS = {
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-# Fixed prose (not measurements) that the card may print for built-in data sources.
-DATA_DESCRIPTIONS = {
-    "vader": "human-rated sentiment sentences from VADER (Hutto & Gilbert, ICWSM 2014); label = mean rating > 0",
-}
-
-METRIC_LABELS = {
-    "size_bytes": "Size on disk (bytes)",
-    "num_parameters": "Parameters",
-    "latency_ms": "Latency, median (ms)",
-    "accuracy": "Accuracy",
-    "f1": "F1",
-    "f1_macro": "F1 (macro)",
-    "probe_accuracy": "Embedding probe accuracy",
-    "probe_f1": "Embedding probe F1",
-    "perplexity": "Perplexity",
-    "fidelity_cosine_mean": "Fidelity: embedding cosine, mean",
-    "fidelity_cosine_min": "Fidelity: embedding cosine, min",
-    "fidelity_top1_agreement": "Fidelity: top-1 agreement",
-    "fidelity_kl": "Fidelity: KL(base ‖ compressed)",  # not "||": a pipe would split the table cell
-    "latency_p95_ms": "Latency, p95 (ms)",
-    "throughput_samples_per_s": "Throughput (samples/s)",
-    "weights_bytes": "Weight files (bytes)",
-    "peak_memory_load_mb": "Peak memory while loading (MB RSS)",
-    "peak_memory_mb": "Peak memory, load + run (MB RSS)",
-}
-SETTING_LABELS = {
-    "eval_samples": "held-out samples evaluated",
-    "speed_batch_size": "batch size",
-    "speed_sequence_length": "sequence length (tokens, padded)",
-    "speed_threads": "threads",
-    "speed_warmup": "warm-up runs",
-    "speed_repeats": "timed runs",
-}
 # For the plot: the first of these that both models have is the quality axis.
 QUALITY_PREFERENCE = ("accuracy", "f1", "f1_macro", "probe_accuracy", "probe_f1", "perplexity")
 FIDELITY_PREFERENCE = ("fidelity_cosine_mean", "fidelity_top1_agreement")
@@ -133,7 +104,8 @@ def _readme_license(readme: Path) -> str | None:
 
     try:
         value = ModelCard.load(readme, ignore_metadata_errors=True).data.license
-    except Exception:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable file, bad encoding, broken front matter
+        log.warning("card: no license from %s, it could not be read (%s: %s)", readme, type(exc).__name__, exc)
         return None
     return str(value) if value else None
 
@@ -172,7 +144,10 @@ def base_license(model: str, revision: str | None = None) -> str | None:
         from huggingface_hub import hf_hub_download
 
         return _readme_license(Path(hf_hub_download(model, "README.md", revision=revision)))
-    except Exception:
+    except (OSError, ValueError) as exc:  # offline and not cached, no such repo/file, HTTP errors, a bad id
+        # expected offline or for private repos: the card then says nothing about the license
+        log.info("card: the base model's license is unknown, its README.md could not be fetched (%s: %s)",
+                 type(exc).__name__, exc)
         return None
 
 
@@ -182,12 +157,17 @@ def _gguf_license(folder: Path) -> str | None:
         return None
     try:
         import gguf
-
+    except ImportError:
+        log.info("card: %s has a license field only in GGUF metadata, and gguf is not installed", folder)
+        return None
+    try:
         field = gguf.GGUFReader(str(files[0])).fields.get("general.license")
         if field is None:
             return None
         return bytes(field.parts[field.data[0]]).decode("utf-8") or None
-    except Exception:
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # truncated or malformed file, odd field layout
+        log.warning("card: no license from %s, its GGUF metadata could not be read (%s: %s)",
+                    files[0], type(exc).__name__, exc)
         return None
 
 
@@ -214,15 +194,27 @@ def _folder_name(folder: Path) -> str:
 
 
 # -- body -------------------------------------------------------------------------------------
-def _metric_label(name: str) -> str:
-    return METRIC_LABELS.get(name, name)
+def _metric_label(name: str, metrics: Mapping[str, Metric]) -> str:
+    return declaration(name, metrics).title
+
+
+def _data_source(prefix: str | None) -> type[DataSource] | None:
+    """The registered data source class for a ``name:subset`` spec, or None (files, Hub datasets)."""
+    if not prefix:
+        return None
+    from .registry import get_registry
+
+    registered = get_registry().data_sources.get(prefix)
+    return registered.cls if registered is not None and isinstance(registered.cls, type) else None
 
 
 def _value(block: dict[str, Any], name: str) -> Any:
     return block.get(name) if name in TOP_LEVEL else (block.get("metrics") or {}).get(name)
 
 
-def _comparison_table(base: dict[str, Any], comp: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+def _comparison_table(
+    base: dict[str, Any], comp: dict[str, Any], comparison: dict[str, Any], metrics: Mapping[str, Metric]
+) -> list[str]:
     rows = ["| | Base | Compressed | Change |", "|---|---:|---:|---:|"]
     deltas = comparison.get("metrics") or {}
     if "base_size_mb" in comparison:
@@ -236,9 +228,11 @@ def _comparison_table(base: dict[str, Any], comp: dict[str, Any], comparison: di
             if comparison["speedup"] >= 1
             else f"| Speedup | | | {fmt(comparison['speedup'])}× (slower) |"
         )
+    # quality first (the plot's preference), then the rest as the evaluators declare them
+    order = [*QUALITY_PREFERENCE, *(name for name in metrics if name not in TOP_LEVEL)]
     names = list(TOP_LEVEL) + sorted(
-        (set(base.get("metrics") or {}) | set(comp.get("metrics") or {})) - set(SETTING_KEYS),
-        key=lambda n: (list(METRIC_LABELS).index(n) if n in METRIC_LABELS else len(METRIC_LABELS), n),
+        set(base.get("metrics") or {}) | set(comp.get("metrics") or {}),
+        key=lambda n: (order.index(n) if n in order else len(order), n),
     )
     for name in names:
         b, c = _value(base, name), _value(comp, name)
@@ -251,11 +245,11 @@ def _comparison_table(base: dict[str, Any], comp: dict[str, Any], comparison: di
             if "relative_change_pct" in delta:
                 change += f" ({_signed(delta['relative_change_pct'])}%)"
             if delta["change"]:
-                better = (delta["change"] > 0) == higher_is_better(name)
+                better = (delta["change"] > 0) == declaration(name, metrics).higher_is_better
                 change += " better" if better else " worse"
-        elif b is None and name.startswith("fidelity_"):
-            change = "vs base"
-        label = _metric_label(name).replace("|", "\\|")
+        elif b is None and declaration(name, metrics).perfect is not None:
+            change = "vs base"  # measured against the base by construction (fidelity)
+        label = _metric_label(name, metrics).replace("|", "\\|")
         rows.append(f"| {label} | {fmt(b)} | {fmt(c)} | {change} |")
     return rows
 
@@ -316,11 +310,8 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
         imports = "from huggingface_hub import hf_hub_download\n" if repo else ""
         out = "last_hidden_state" if task == "feature-extraction" else "logits"
         note = "  # mean-pool it with the attention mask" if task == "feature-extraction" else ""
-        # quantization (graph_optimization: auto) may have measured that ONNX Runtime runs this
-        # graph faster with some load-time fusions off; hfcompress.load applies it, plain ORT must too.
-        disabled = ((marker.get("info") or {}).get("quantization") or {}).get("ort_disabled_optimizers") or []
-        session = f"ort.InferenceSession({fetch}, disabled_optimizers={disabled!r})" if disabled else \
-            f"ort.InferenceSession({fetch})"
+        # A bare session computes exactly what was evaluated: no load-time options to remember.
+        session = f"ort.InferenceSession({fetch})"
         return [
             "ONNX Runtime, no PyTorch needed (`pip install onnxruntime transformers`):",
             "",
@@ -406,8 +397,13 @@ def _plot_metric(base: dict[str, Any], comp: dict[str, Any]) -> tuple[str, Any, 
     return None
 
 
-def write_plot(folder: Path, results: dict[str, Any]) -> Path | None:
-    """Quality vs latency and vs size, base and compressed, as ``evaluation.png``; None without matplotlib."""
+def write_plot(folder: Path, results: dict[str, Any], metrics: Mapping[str, Metric] | None = None) -> Path | None:
+    """Quality vs latency and vs size, base and compressed, as ``evaluation.png``; None without matplotlib.
+
+    ``metrics``: the evaluators' declarations, for the axis label and direction (default: every
+    registered evaluator's).
+    """
+    metrics = metric_declarations() if metrics is None else metrics
     base, comp = results.get("base") or {}, results.get("compressed") or {}
     chosen = _plot_metric(base, comp)
     if chosen is None:
@@ -431,12 +427,12 @@ def write_plot(folder: Path, results: dict[str, Any]) -> Path | None:
             ax.scatter([x * scale], [quality], s=70, color=color, zorder=3)
             ax.annotate(tag, (x * scale, quality), textcoords="offset points", xytext=(6, 6))
         ax.set_xlabel(label)
-        ax.set_ylabel(_metric_label(name))
+        ax.set_ylabel(_metric_label(name, metrics))
         ax.grid(alpha=0.3)
         ax.margins(0.25)
-    direction = "higher is better" if higher_is_better(name) else "lower is better"
+    direction = "higher is better" if declaration(name, metrics).higher_is_better else "lower is better"
     note = "" if bq is not None else " (the base is the reference)"
-    fig.suptitle(f"{_metric_label(name)} ({direction}){note}", fontsize=10)
+    fig.suptitle(f"{_metric_label(name, metrics)} ({direction}){note}", fontsize=10)
     fig.tight_layout()
     path = folder / PLOT_FILE
     fig.savefig(path, dpi=100)
@@ -447,22 +443,41 @@ def write_plot(folder: Path, results: dict[str, Any]) -> Path | None:
 # -- the card ---------------------------------------------------------------------------------
 def _model_index_metrics(comp: dict[str, Any]) -> list[tuple[str, float]]:
     out = []
-    for name in list(TOP_LEVEL) + sorted(comp.get("metrics") or {}):
-        if name in SETTING_KEYS:
-            continue
+    for name in list(TOP_LEVEL) + sorted(comp.get("metrics") or {}):  # measurements only, never settings
         value = _value(comp, name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append((name, value))
     return out
 
 
-def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[str, Any]) -> Path:
-    """Write ``folder/README.md`` (and ``folder/evaluation.png``) from results.json and the resolved recipe."""
+def _recipe_declarations(recipe_dict: dict[str, Any]) -> dict[str, Metric]:
+    """The metric declarations of the evaluators the recipe ran (every registered one's as a fallback)."""
+    from .plugin import EvalSettings
+
+    try:
+        return metric_declarations(EvalSettings.model_validate(recipe_dict.get("evaluate") or {}))
+    except ValueError as exc:  # an evaluator no longer installed, or settings of another version
+        log.info("card: labels from every registered evaluator; the recipe's evaluate section gives none (%s)", exc)
+        return metric_declarations()
+
+
+def write_card(
+    folder: str | Path,
+    results: dict[str, Any],
+    recipe_dict: dict[str, Any],
+    metrics: Mapping[str, Metric] | None = None,
+) -> Path:
+    """Write ``folder/README.md`` (and ``folder/evaluation.png``) from results.json and the resolved recipe.
+
+    ``metrics``: name → :class:`Metric` as the evaluators that ran declare them (labels, units,
+    directions); by default, the declarations of the evaluators in the recipe's ``evaluate``.
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from . import __version__
 
     folder = Path(folder)
+    metrics = _recipe_declarations(recipe_dict) if metrics is None else metrics
     base = results.get("base") or {}
     comp = results.get("compressed") or {}
     comparison = results.get("comparison") or compare_blocks(base, comp)
@@ -488,7 +503,7 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
             dataset_split="held-out",
             metric_type=metric,
             metric_value=value,
-            metric_name=_metric_label(metric),
+            metric_name=_metric_label(metric, metrics),
         )
         for metric, value in _model_index_metrics(comp)
     ]
@@ -510,7 +525,7 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
         **extra,
     )
 
-    plot = write_plot(folder, results)
+    plot = write_plot(folder, results, metrics)
     version = results.get("hfcompress_version") or (recipe_dict.get("provenance") or {}).get("packages", {}).get(
         "hfcompress", __version__
     )
@@ -525,7 +540,7 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
         "",
         "## Base vs compressed",
         "",
-        *_comparison_table(base, comp, comparison),
+        *_comparison_table(base, comp, comparison, metrics),
         "",
         "Fidelity compares the compressed model's outputs with the base model's on each held-out sample, "
         "so it has no base value. Change = compressed − base (relative change in parentheses).",
@@ -541,19 +556,25 @@ def write_card(folder: str | Path, results: dict[str, Any], recipe_dict: dict[st
             lines += ["Quality gate: **passed** (`" + json.dumps(gate.get("config"), sort_keys=True) + "`).", ""]
         else:
             lines += ["Quality gate: **failed**:", "", *[f"- {f}" for f in gate.get("failures") or []], ""]
-    settings = {k: (comp.get("metrics") or {}).get(k) for k in SETTING_KEYS}
+    # the conditions the evaluators declare as settings: identical for both models by construction
+    settings = comp.get("settings") or base.get("settings") or {}
     lines += ["## Evaluation data and settings", ""]
-    description = DATA_DESCRIPTIONS.get(source_prefix or "", "")
-    lines.append(f"- data: `{data_name}`" + (f", {description}" if description else ""))
+    data_source = _data_source(source_prefix)
+    about = [data_source.description, f"license: {data_source.license}" if data_source.license else ""] \
+        if data_source is not None else []
+    lines.append(f"- data: `{data_name}`" + "".join(f", {part}" for part in about if part))
     for key, label in (("train_samples", "training/calibration samples"), ("eval_samples", "held-out samples"),
                        ("evaluated_samples", "held-out samples evaluated")):
         if data_info.get(key) is not None:
             lines.append(f"- {label}: {fmt(data_info[key])}")
     if data_info.get("fingerprint"):
         lines.append(f"- data fingerprint: `{data_info['fingerprint']}`")
-    for key, value in settings.items():
-        if value is not None and key != "eval_samples":
-            lines.append(f"- {SETTING_LABELS[key]}: {fmt(value)}")
+    declared_order = list(metrics)
+    for key, value in sorted(settings.items(), key=lambda kv: (
+            declared_order.index(kv[0]) if kv[0] in declared_order else len(declared_order), kv[0])):
+        line = f"- {_metric_label(key, metrics)}: {fmt(value)}"
+        if value is not None and line not in lines:  # "held-out samples evaluated" is in the data lines already
+            lines.append(line)
     lines += [
         "- evaluation never sees a sample used for training or calibration (the split is by a hash of each text)",
         "",

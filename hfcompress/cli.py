@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="quality gate: fail (exit 3, no push) if METRIC drops by more than VALUE; repeatable")
     run.add_argument("--no-cache", action="store_true", help="recompute every step, ignoring the step cache")
     run.add_argument("--json", action="store_true", help="print results.json to stdout")
-    run.add_argument("--quiet", action="store_true", help="no progress messages")
+    chatter = run.add_mutually_exclusive_group()
+    chatter.add_argument("--quiet", action="store_true", help="no progress messages")
+    chatter.add_argument("-v", "--verbose", action="store_true",
+                         help="every library's log lines, and the full traceback when something fails")
 
     plugins = sub.add_parser("plugins", help="list techniques, evaluators and data sources with their distributions")
     plugins.add_argument("--json", action="store_true")
@@ -52,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--create-pr", action="store_true")
     push.add_argument("--revision", metavar="BRANCH")
     push.add_argument("--json", action="store_true")
+    for command in (plugins, evaluate, push):
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="every library's log lines, full tracebacks (of errors and broken plugins)")
     return parser
 
 
@@ -64,7 +70,7 @@ def _fmt(value: Any) -> str:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """Base vs compressed, one row per measured quantity."""
+    """Base vs compressed, one row per measured quantity; then the settings they were measured with."""
     base, comp = results.get("base", {}), results.get("compressed", {})
     rows = [("size_bytes", base.get("size_bytes"), comp.get("size_bytes")),
             ("num_parameters", base.get("num_parameters"), comp.get("num_parameters")),
@@ -76,6 +82,10 @@ def summary_table(results: dict[str, Any]) -> str:
     for name, b, c in rows:
         ratio = f"{b / c:.2f}x" if name in ("size_bytes", "latency_ms", "num_parameters") and b and c else ""
         lines.append(f"{name:{width}}  {_fmt(b):>14}  {_fmt(c):>14}  {ratio:>7}")
+    # conditions, not results: the same for both models, so one line rather than two columns
+    settings = comp.get("settings") or base.get("settings") or {}
+    if settings:
+        lines.append("measured with: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(settings.items())))
     return "\n".join(lines)
 
 
@@ -98,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import _resolve_recipe, compress, configure_logging
     from .recipe import GateConfig
 
-    configure_logging(not args.quiet)
+    configure_logging(not args.quiet, verbose=args.verbose)
     recipe = _resolve_recipe(args.model, args.recipe, args.data)
     drops = _parse_max_drop(args.max_drop)
     if drops:
@@ -127,10 +137,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for kind in ("techniques", "evaluators", "data_sources"):
         print(f"{kind.replace('_', ' ')}:")
         for row in data[kind]:
-            print(f"  {row['name']:<16} {row['distribution']} {row['version']}  {row['summary']}")
+            formats = ""
+            if "accepts_formats" in row:
+                formats = f"  [{', '.join(row['accepts_formats'])} -> {', '.join(row['produces_formats'])}]"
+            clash = "  CONFLICT (see below)" if row.get("conflict") else ""
+            print(f"  {row['name']:<16} {row['distribution']} {row['version']}{clash}  {row['summary']}{formats}")
     for row in data["broken"]:
-        first = row["error"].splitlines()[0]
-        print(f"broken plugin {row['name']} ({row['distribution']}): {first}", file=sys.stderr)
+        # The first line says what is wrong; the rest is the import traceback, for --verbose.
+        error = row["error"] if args.verbose else row["error"].splitlines()[0]
+        print(f"broken plugin {row['name']} ({row['distribution']} {row['version']}): {error}", file=sys.stderr)
+    for row in data["conflicts"]:
+        print(f"conflict: {row['message']}", file=sys.stderr)
     return 0
 
 
@@ -138,6 +155,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_path
     from .plugin import EvalSettings
 
+    if args.verbose:
+        from .pipeline import configure_logging
+
+        configure_logging(verbose=True)
     settings = EvalSettings(threads=args.threads) if args.threads else None
     results = evaluate_path(args.model, args.data, settings)
     if args.json:
@@ -156,6 +177,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     from .hub import push_to_hub
 
+    if args.verbose:
+        from .pipeline import configure_logging
+
+        configure_logging(verbose=True)
     result = push_to_hub(Path(args.folder), args.repo_id, private=args.private, revision=args.revision,
                          create_pr=args.create_pr)
     print(json.dumps(result, indent=2, default=str) if args.json else
@@ -181,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             print(json.dumps({"error": kind, "message": str(exc), "exit_code": exc.exit_code}))
         print(f"hfcompress: {kind}: {exc}", file=sys.stderr)
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        elif exc.__cause__ is not None:  # a plugin's or library's exception, wrapped with its context
+            print("hfcompress: run again with --verbose for the full traceback", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("hfcompress: interrupted", file=sys.stderr)

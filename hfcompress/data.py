@@ -61,6 +61,8 @@ class DataSplits:
     train: datasets.Dataset
     eval: datasets.Dataset
     fingerprint: str
+    label_names: list[str] | None = None
+    """Class names, when the data labels classes by name (``yes``/``no``): id i is ``label_names[i]``."""
 
     @property
     def has_labels(self) -> bool:
@@ -123,7 +125,19 @@ def load_spec(spec: str, split: str = "train") -> datasets.Dataset:
         if not files:
             raise BadInputError(f"data spec {spec!r}: the folder holds no csv/json/jsonl/parquet/txt file")
         builder = LOCAL_BUILDERS[Path(files[0]).suffix.lower()]
-        return datasets.load_dataset(builder, data_files=files, split="train")
+        empty = [f for f in files if not _has_rows(Path(f))]
+        if len(empty) == len(files):
+            raise BadInputError(
+                f"data spec {spec!r}: {', '.join(Path(f).name for f in empty)} holds no samples (empty, or a header "
+                "line only). Give a file with one sample per row (column 'text', and 'label' for labelled data)."
+            )
+        try:
+            return datasets.load_dataset(builder, data_files=[f for f in files if f not in empty], split="train")
+        except Exception as exc:  # malformed rows: name the file, not the datasets internals
+            raise BadInputError(
+                f"data spec {spec!r}: could not read it as {builder} ({type(exc).__name__}: {exc}). "
+                "Check the file's format."
+            ) from exc
     try:
         return datasets.load_dataset(spec, split=split)
     except Exception as exc:
@@ -131,6 +145,24 @@ def load_spec(spec: str, split: str = "train") -> datasets.Dataset:
             f"data spec {spec!r}: could not load it as a Hub dataset ({type(exc).__name__}: {exc}). "
             "Check the id and your connection, or give a local file or a built-in source such as vader:movie."
         ) from exc
+
+
+def _has_rows(file: Path) -> bool:
+    """Whether a local file holds at least one sample, read cheaply (no parsing of the whole file).
+
+    Text/JSON lines: a non-blank line; csv: a non-blank line after the header. Parquet and JSON
+    arrays are left to the loader (their emptiness is caught after loading)."""
+    suffix = file.suffix.lower()
+    if suffix not in (".csv", ".txt", ".jsonl"):
+        return file.stat().st_size > 0
+    needed = 2 if suffix == ".csv" else 1
+    with file.open("r", encoding="utf-8", errors="replace") as handle:
+        found = 0
+        for line in handle:
+            found += bool(line.strip())
+            if found >= needed:
+                return True
+    return False
 
 
 def _normalize(ds: datasets.Dataset, cfg: DataConfig, spec: str) -> datasets.Dataset:
@@ -170,16 +202,46 @@ def load_data(cfg: DataConfig) -> DataSplits:
         evl = _normalize(load_spec(cfg.eval, cfg.split), cfg, cfg.eval)
         seen = {t.strip() for t in train["text"]}
         evl = evl.filter(lambda t: t.strip() not in seen, input_columns="text")
+    train, evl, label_names = encode_labels(train, evl)
     if cfg.max_train_samples:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples:
         evl = evl.select(range(min(cfg.max_eval_samples, len(evl))))
     if len(train) == 0 or len(evl) == 0:
-        raise BadInputError(f"data: the split left {len(train)} training and {len(evl)} evaluation samples; give more data")
+        raise BadInputError(
+            f"data: the split left {len(train)} training and {len(evl)} evaluation samples (non-empty texts); "
+            "give more data, or separate `train` and `eval` specs"
+        )
     digest = hashlib.sha256()
     for part in (train, evl):
         for text in part["text"]:
             digest.update(text.encode("utf-8") + b"\0")
         if "label" in part.column_names:
             digest.update(repr(list(part["label"])).encode())
-    return DataSplits(train=train, eval=evl, fingerprint=digest.hexdigest()[:16])
+    if label_names:
+        digest.update(repr(label_names).encode())
+    return DataSplits(train=train, eval=evl, fingerprint=digest.hexdigest()[:16], label_names=label_names)
+
+
+def encode_labels(
+    train: datasets.Dataset, evl: datasets.Dataset
+) -> tuple[datasets.Dataset, datasets.Dataset, list[str] | None]:
+    """Integer class ids for both splits; class *names* become ids the way ``datasets.ClassLabel``
+    does (sorted names, one table for both splits, so "yes" is the same id in train and eval)."""
+    import datasets
+
+    if "label" not in train.column_names:
+        return train, evl, None
+    values = set(train["label"]) | set(evl["label"])
+    if None in values:
+        raise BadInputError("data: some samples have no label; label every sample or drop the label column")
+    if all(isinstance(v, int) or (isinstance(v, float) and v.is_integer()) for v in values):
+        return train, evl, None
+    if not all(isinstance(v, str) for v in values):
+        raise BadInputError(
+            f"data: labels must be integer class ids or class names, got {sorted(map(repr, values))[:5]}; "
+            "regression targets are not supported"
+        )
+    names = sorted(values)
+    feature = datasets.ClassLabel(names=names)
+    return train.cast_column("label", feature), evl.cast_column("label", feature), names

@@ -10,18 +10,24 @@ keeps only per-sample sums.
 
 Numbers are rounded to 6 significant digits when a block is built, so results.json, the card
 and the gate all see the same value (the card prints exactly what results.json holds).
+
+Each evaluator declares the metrics it returns (:class:`hfcompress.plugin.Metric`: label, unit,
+direction, whether it is a setting); :func:`metric_declarations` collects them for the evaluators
+that run, and the card, the gate and the plot read labels and directions from there. A value
+declared as a setting goes to the block's ``settings``; ``metrics`` holds measurements only.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError, HfCompressError
-from .plugin import EvalContext, EvalSettings, ModelState
+from .plugin import EvalContext, EvalSettings, Metric, ModelState
 from .runner import eval_texts, fixed_threads, forward, tokenize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,46 +38,84 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LOCAL_METRICS",
-    "SETTING_KEYS",
     "TOP_LEVEL",
     "EvalOutputs",
     "check_metrics",
     "collect_outputs",
     "compare_blocks",
+    "declaration",
     "evaluate_path",
     "evaluate_state",
+    "evaluator_declarations",
     "higher_is_better",
     "load_metric",
+    "metric_declarations",
     "round_value",
 ]
 
-# These three are lifted out of ``metrics`` to the top of a results.json block (DESIGN.md).
+# These three are lifted out of ``metrics`` to the top of a results.json block (DESIGN.md); their
+# labels and directions come from the evaluators that declare them (size, speed) like any other.
 TOP_LEVEL = ("size_bytes", "num_parameters", "latency_ms")
-
-# Recorded with the metrics so a block says how it was measured, but they are conditions, not
-# results: the card lists them under "measured with" and never as a change.
-SETTING_KEYS = (
-    "eval_samples",
-    "speed_batch_size",
-    "speed_sequence_length",
-    "speed_threads",
-    "speed_warmup",
-    "speed_repeats",
-)
-
-# Metrics where smaller is better; every other metric is better when larger.
-_LOWER_IS_BETTER_PREFIXES = (
-    "latency", "perplexity", "kl", "fidelity_kl", "loss", "size", "peak_memory", "weights_bytes", "num_parameters",
-)
 
 # Default task metrics ship inside the package so they load offline with evaluate.load(path).
 LOCAL_METRICS_DIR = Path(__file__).parent / "metrics"
 LOCAL_METRICS = tuple(sorted(p.name for p in LOCAL_METRICS_DIR.iterdir() if (p / f"{p.name}.py").is_file()))
 
 
-def higher_is_better(name: str) -> bool:
-    """Direction of a metric: used for "change" on the card, the gate's "drop" and the plot."""
-    return not name.startswith(_LOWER_IS_BETTER_PREFIXES) and not name.endswith(("_ms", "_bytes", "_mb"))
+# -- what evaluators declare --------------------------------------------------------------------
+def _evaluator_names(settings: EvalSettings) -> list[str]:
+    from .registry import get_registry
+
+    return sorted(get_registry().evaluators) if settings.evaluators is None else list(settings.evaluators)
+
+
+def evaluator_declarations(settings: EvalSettings | None = None) -> dict[str, tuple[Metric, ...]]:
+    """Evaluator name → the metrics it declares, for the evaluators that run under ``settings``.
+
+    Those are ``settings.evaluators`` (default: every registered evaluator), in the order they run.
+    Which of them applies is only known once a model is loaded (fidelity skips the base,
+    task-metrics needs labels), so this is what *may* be measured. An unknown evaluator name is a
+    :class:`BadInputError` naming the field.
+    """
+    from .registry import get_registry
+
+    settings = settings or EvalSettings()
+    registry = get_registry()
+    out: dict[str, tuple[Metric, ...]] = {}
+    for name in _evaluator_names(settings):
+        try:
+            evaluator = registry.evaluator(name)
+        except BadInputError as exc:
+            raise BadInputError(f"evaluate.evaluators: {exc}") from None
+        out[name] = tuple(evaluator.declared_metrics(settings))
+    return out
+
+
+def metric_declarations(settings: EvalSettings | None = None) -> dict[str, Metric]:
+    """Metric name → its :class:`Metric`, for the evaluators that run under ``settings``.
+
+    In the order the evaluators run and declare them; when two evaluators declare one name, the
+    first one's declaration is used.
+    """
+    out: dict[str, Metric] = {}
+    for metrics in evaluator_declarations(settings).values():
+        for metric in metrics:
+            out.setdefault(metric.name, metric)
+    return out
+
+
+def declaration(name: str, declarations: Mapping[str, Metric] | None = None) -> Metric:
+    """The declaration of ``name``; an undeclared name gets ``Metric(name)`` (higher is better).
+
+    ``declarations`` defaults to those of every registered evaluator.
+    """
+    table = metric_declarations() if declarations is None else declarations
+    return table.get(name) or Metric(name)
+
+
+def higher_is_better(name: str, declarations: Mapping[str, Metric] | None = None) -> bool:
+    """Direction of a metric as its evaluator declares it: "change" on the card, the gate's "drop", the plot."""
+    return declaration(name, declarations).higher_is_better
 
 
 def round_value(value: Any) -> Any:
@@ -252,18 +296,21 @@ def evaluate_state(
 ) -> tuple[dict[str, Any], EvalContext]:
     """Evaluate one model; returns its results.json block and its context.
 
-    Evaluators run in name order with PyTorch pinned to ``settings.threads``. A failing
-    evaluator stops the evaluation with its name in the message: a block that silently lacks a
-    metric would make base and compressed incomparable.
+    Evaluators run in name order (or ``settings.evaluators``' order) with PyTorch pinned to
+    ``settings.threads``. A failing evaluator stops the evaluation with its name in the message: a
+    block that silently lacks a metric would make base and compressed incomparable. Values the
+    evaluator declares as settings go to the block's ``settings``, the rest to ``metrics`` (or
+    the top level, for :data:`TOP_LEVEL`); a value it does not declare is kept as a metric, with
+    a warning naming the evaluator.
     """
     from .registry import get_registry
 
     registry = get_registry()
-    names = sorted(registry.evaluators) if settings.evaluators is None else settings.evaluators
     ctx = EvalContext(state=state, data=data, settings=settings, artifact_dir=artifact_dir, reference=reference)
     metrics: dict[str, Any] = {}
+    conditions: dict[str, Any] = {}
     with fixed_threads(settings.threads):
-        for name in names:
+        for name in _evaluator_names(settings):
             evaluator = registry.evaluator(name)
             if not evaluator.applies_to(ctx):
                 continue
@@ -274,9 +321,23 @@ def evaluate_state(
                 raise
             except Exception as exc:
                 raise HfCompressError(f"evaluator {name!r} failed: {type(exc).__name__}: {exc}") from exc
-            metrics.update({str(k): round_value(v) for k, v in produced.items()})
+            declared = {m.name: m for m in evaluator.declared_metrics(settings)}
+            undeclared = sorted(str(k) for k in produced if str(k) not in declared)
+            if undeclared:
+                # a warning, not an error: the number is still measured; only its label and direction are guessed
+                log.warning(
+                    "evaluator %r returned %s that it does not declare; add them to %s.metrics "
+                    "(hfcompress.plugin.Metric) so the card and the quality gate know their label and direction "
+                    "(until then they count as higher-is-better and a gate cannot name them)",
+                    name, ", ".join(repr(k) for k in undeclared), type(evaluator).__name__,
+                )
+            for key, value in produced.items():
+                metric = declared.get(str(key))
+                target = conditions if metric is not None and metric.setting else metrics
+                target[str(key)] = round_value(value)
     block: dict[str, Any] = {key: metrics.pop(key, None) for key in TOP_LEVEL}
     block["metrics"] = dict(sorted(metrics.items()))
+    block["settings"] = dict(sorted(conditions.items()))
     return block, ctx
 
 
@@ -293,10 +354,9 @@ def compare_blocks(base: dict[str, Any], compressed: dict[str, Any]) -> dict[str
     base latency / compressed latency; ``size_ratio`` compressed bytes / base bytes.
     """
     out: dict[str, Any] = {"metrics": {}}
+    # settings (batch size, threads, ...) are in each block's "settings": conditions, never a change
     names = [k for k in TOP_LEVEL] + sorted(set(base.get("metrics") or {}) | set(compressed.get("metrics") or {}))
     for name in names:
-        if name in SETTING_KEYS:
-            continue
         b, c = _value(base, name), _value(compressed, name)
         if not isinstance(b, (int, float)) or not isinstance(c, (int, float)):
             continue

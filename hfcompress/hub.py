@@ -50,7 +50,7 @@ from .errors import BadInputError, GateFailedError, HfCompressError
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
 
-__all__ = ["HubAuthError", "HubPushError", "push_to_hub", "verify_folder"]
+__all__ = ["HubAuthError", "HubPushError", "check_repo_id", "push_to_hub", "verify_folder", "weight_hashes"]
 
 log = logging.getLogger("hfcompress.hub")
 T = TypeVar("T")
@@ -66,6 +66,8 @@ LOGIN_HELP = (
     "variable to a token with write access (create one at https://huggingface.co/settings/tokens)."
 )
 VERIFY_MARK = "HFCOMPRESS_VERIFY_RESULT "
+# The libraries whose kernels compute a folder's outputs: a version change can move them.
+RUNTIMES = ("torch", "transformers", "onnxruntime", "optimum-quanto")
 _VERIFIED: dict[str, dict[str, Any]] = {}
 """Successful verifications in this process, keyed by the folder's content hash."""
 
@@ -118,6 +120,20 @@ class LocalFile:
         if remote.lfs is not None:
             return bool(remote.lfs.sha256 == self.sha256)
         return bool(remote.blob_id == self.git_sha1)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """``name`` or ``namespace/name`` as the Hub accepts them, checked locally before any request."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise BadInputError(
+            f"--repo-id {repo_id!r} is not a valid Hub repo id: {exc} Use `name` (your namespace) or "
+            "`namespace/name`, for example my-org/minilm-small. Nothing was uploaded."
+        ) from None
 
 
 def output_folder_files(folder: Path) -> dict[str, LocalFile]:
@@ -245,7 +261,7 @@ def verify_folder(folder: str | Path, timeout: float | None = None) -> dict[str,
         )
     report: dict[str, Any] = json.loads(line[len(VERIFY_MARK) :])
     failures = [
-        f"{c['loader']}: max |difference| {c['max_abs_diff']:.3g} > atol {block['atol']:g}"
+        f"{c['loader']}: max |difference| {c['max_abs_diff']:.3g} > atol {report['atol']:g}"
         if c.get("max_abs_diff") is not None else f"{c['loader']}: {c.get('error')}"
         for c in report["checks"] if c["status"] == "failed"
     ]
@@ -253,10 +269,42 @@ def verify_folder(folder: str | Path, timeout: float | None = None) -> dict[str,
         raise GateFailedError(
             f"push refused: {folder} does not reproduce the outputs recorded in results.json "
             f"({len(block['texts'])} texts, sequence length {block['sequence_length']}): " + "; ".join(failures)
-            + ". The weights changed after compression; re-run the compression. Nothing was uploaded.",
+            + f". {_explain_mismatch(folder, block, report)} Nothing was uploaded.",
             failures,
         )
     return report
+
+
+def weight_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every weight file in ``folder`` (paths relative to it), recorded at compression time."""
+    hashes = {}
+    for file in sorted(p for pattern in WEIGHT_PATTERNS for p in folder.rglob(pattern) if p.is_file()):
+        rel = file.relative_to(folder)
+        if not any(part in SKIPPED_PARTS for part in rel.parts):
+            hashes[rel.as_posix()] = LocalFile(rel.as_posix(), file, file.stat().st_size).sha256
+    return hashes
+
+
+def _explain_mismatch(folder: Path, block: dict[str, Any], report: dict[str, Any]) -> str:
+    """What really differs: the weight files (by hash) or, with the same weights, the runtime."""
+    recorded = block.get("weights")
+    if not isinstance(recorded, dict):
+        return ("results.json records no weight hashes (an older hfcompress wrote it), so whether the weights "
+                "changed is unknown; re-run the compression to regenerate the folder.")
+    now = weight_hashes(folder)
+    changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+    if changed:
+        return (f"The weight files changed after compression ({', '.join(changed)}: sha256 differs from "
+                "results.json); re-run the compression, or restore the files it wrote.")
+    then, current = block.get("runtime") or {}, report.get("runtime") or {}
+    versions = [f"{name} {then.get(name)} then, {current.get(name)} now" for name in sorted(set(then) | set(current))
+                if then.get(name) != current.get(name)]
+    where = f" Runtime versions differ: {'; '.join(versions)}." if versions else (
+        " The runtime versions are the same, so the CPU or its instruction set probably differs from the "
+        "machine that compressed it.")
+    return ("The weight files are exactly the ones compressed (sha256 match), so the loader computes them "
+            f"differently here.{where} Verify on the machine that compressed the model, or re-run the "
+            "compression here.")
 
 
 def _verify_main(folder: Path) -> dict[str, Any]:
@@ -273,6 +321,7 @@ def _verify_main(folder: Path) -> dict[str, Any]:
     fmt, task = marker.get("format") or "pytorch", marker.get("task")
     texts, seq, expected = block["texts"], block["sequence_length"], block["outputs"]
     checks: list[dict[str, Any]] = []
+    atol, basis = tolerance_for(block, runtime_versions())
 
     def compare(loader: str, build: Callable[[], ModelState]) -> None:
         try:
@@ -284,7 +333,7 @@ def _verify_main(folder: Path) -> dict[str, Any]:
         shapes_ok = len(got) == len(expected) and all(len(a) == len(b) for a, b in zip(got, expected, strict=False))
         diff = max((abs(a - b) for ra, rb in zip(got, expected, strict=False) for a, b in zip(ra, rb, strict=False)),
                    default=0.0) if shapes_ok else float("inf")
-        checks.append({"loader": loader, "status": "ok" if diff <= block["atol"] else "failed",
+        checks.append({"loader": loader, "status": "ok" if diff <= atol else "failed",
                        "max_abs_diff": diff})
 
     def via_hfcompress() -> ModelState:
@@ -311,7 +360,71 @@ def _verify_main(folder: Path) -> dict[str, Any]:
     else:
         reason = f"format {fmt!r} with loader {marker.get('loader')!r} needs hfcompress to load"
         checks.append({"loader": "plain", "status": "skipped", "reason": reason})
-    return {"checks": checks, "atol": block["atol"], "texts": len(texts), "sequence_length": seq}
+    return {"checks": checks, "atol": atol, "atol_basis": basis, "texts": len(texts), "sequence_length": seq,
+            "runtime": runtime_versions()}
+
+
+# How far a folder's outputs may move when reloaded, by what its format guarantees.
+# Same file, same runtime versions: deterministic. Measured here (all-MiniLM-L6-v2, 3 texts x 32
+# tokens, mean-pooled): fp32 and bf16 PyTorch and ONNX Runtime int8 gave identical outputs with 1
+# and 2 threads, so only the 6-digit rounding of the recorded values remains (SAME_RUNTIME_ATOL).
+SAME_RUNTIME_ATOL = 1e-5
+# Other runtime versions (or CPUs) may pick other kernels: fp32 moves at float-rounding level; 16-bit
+# floats and int8 at their quantization-noise level (a different float summation order before a
+# dynamic int8 activation quantizer moved MiniLM int8 outputs by up to 0.064).
+OTHER_RUNTIME_ATOL = {"fp32": 1e-3, "half": 3e-2, "int8": 0.1}
+
+
+def record_verification(state: Any, folder: Path, texts: list[str], sequence_length: int = 32) -> dict[str, Any]:
+    """The ``verification`` block of results.json for the folder ``state`` was saved to.
+
+    Outputs on a few texts, the weight files' sha256 (so a failed check can say whether the weights
+    or the runtime changed), the runtime versions and the tolerances the format guarantees.
+    """
+    import torch
+
+    from .runner import verification_outputs
+
+    with torch.no_grad():
+        outputs = verification_outputs(state, texts, sequence_length)
+    return {
+        "texts": texts, "sequence_length": sequence_length, "outputs": outputs,
+        "atol": SAME_RUNTIME_ATOL, "atol_other_runtime": OTHER_RUNTIME_ATOL[_numeric_kind(state)],
+        "weights": weight_hashes(folder), "runtime": runtime_versions(),
+    }
+
+
+def _numeric_kind(state: Any) -> str:
+    """fp32, half (bf16/fp16 weights) or int8 (quantized weights: quanto, ONNX Runtime)."""
+    if state.format != "pytorch":
+        return "int8"
+    params = getattr(state.model, "parameters", None)
+    dtype = next(params()).dtype if callable(params) else None
+    return "fp32" if str(dtype) in ("torch.float32", "None") else "half"
+
+
+def tolerance_for(block: dict[str, Any], runtime: dict[str, str]) -> tuple[float, str]:
+    """The atol to verify with, and why: exact on the recorded runtime versions, the format's noise
+    level on others."""
+    recorded = block.get("runtime")
+    other = block.get("atol_other_runtime")
+    if isinstance(recorded, dict) and recorded != runtime and isinstance(other, (int, float)):
+        changed = sorted(k for k in set(recorded) | set(runtime) if recorded.get(k) != runtime.get(k))
+        return float(other), f"runtime differs from the one that compressed it ({', '.join(changed)})"
+    return float(block["atol"]), "same runtime versions as at compression"
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of the libraries that compute a folder's outputs, recorded beside them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in RUNTIMES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def _plain_transformers(folder: Path, task: str, remote_code: bool) -> Any:
@@ -575,6 +688,7 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, cr
     from . import __version__
 
     # 1. Local checks: cheap, no network.
+    check_repo_id(repo_id)
     local = output_folder_files(folder)
     verification_block(folder)
     title, description = commit_text(folder, commit_message)

@@ -95,10 +95,28 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     if path.exists():
         if not (path / "config.json").exists():
             raise BadInputError(f"model {name!r}: the folder has no config.json; give a Hugging Face model folder")
+        check_weight_files(path, name)
         return ModelSource(name, str(path.resolve()), revision)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise BadInputError(f"model {name!r}: no such folder. Give a local model folder, a Hub id or a builtin: alias")
     return ModelSource(name, name, revision)
+
+
+def check_weight_files(folder: Path, name: str) -> None:
+    """Read each safetensors header (a few KB, no tensors): a truncated or corrupt file fails here,
+    with its name, before any step runs, instead of as a SafetensorError deep inside loading."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            # safe_open parses the header and checks that the data it describes fits in the file.
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:
+            raise BadInputError(
+                f"model {name!r}: {file.name} is not a readable safetensors file ({type(exc).__name__}: {exc}). "
+                "It is probably truncated or corrupt (an interrupted download or copy): download or copy it again."
+            ) from None
 
 
 def load_config(source: ModelSource) -> Any:

@@ -24,7 +24,7 @@ from . import __version__
 from .artifact import load_state, save_state
 from .cache import cache_dir, fingerprint
 from .data import DataConfig, DataSplits, load_data
-from .errors import BadInputError, GateFailedError
+from .errors import BadInputError, GateFailedError, HfCompressError
 from .models import ModelSource, infer_task, load_config, load_model, resolve_model
 from .plugin import ModelState, ModelTarget, StepContext, StepResult
 from .recipe import Recipe
@@ -127,14 +127,50 @@ class Plan:
     source: ModelSource
     task: str
     splits: DataSplits
+    id2label: dict[int, str] | None = None
+    """Class names from the data for a classifier whose config has none; written to config.json."""
+
+
+def _label_mapping(config: Any, task: str, splits: DataSplits) -> dict[int, str] | None:
+    """Reconcile class names in the data with a classifier's labels, before any work.
+
+    Names the model knows (case-insensitive) map to the model's ids; a model with generic labels
+    (``LABEL_0``...) and as many classes takes the data's names, recorded as ``id2label``.
+    """
+    names = splits.label_names
+    if not names or task != "text-classification":
+        return None
+    model_labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    by_name = {v.lower(): k for k, v in model_labels.items()}
+    if all(n.lower() in by_name for n in names):
+        import datasets
+
+        ids = [by_name[n.lower()] for n in names]
+        for part in ("train", "eval"):  # plain ids: the data's ClassLabel order is not the model's
+            ds = getattr(splits, part).cast_column("label", datasets.Value("int64"))
+            setattr(splits, part, ds.map(lambda x: {"label": ids[x]}, input_columns="label"))
+        return None
+    generic = all(v == f"LABEL_{k}" for k, v in model_labels.items())
+    if generic and len(model_labels) == len(names):
+        return dict(enumerate(names))
+    raise BadInputError(
+        f"data: the class names {names} do not match the model's labels {list(model_labels.values())}. "
+        "Use the model's label names (or integer ids) in the data, or a model with as many classes."
+    )
 
 
 def plan(recipe: Recipe) -> Plan:
     """Every check that can fail, before any heavy work: model config, data, each step's ``check``."""
-    from .evaluation import check_metrics
+    from .evaluation import check_metrics, evaluator_declarations
+    from .gate import check_gate_metrics
 
     registry = get_registry()
     check_metrics(recipe.evaluate)
+    # The evaluators exist, and the gate (recipe or --max-drop) names only metrics they declare:
+    # otherwise the run would end, after all the work, with a gate that cannot pass.
+    declared = evaluator_declarations(recipe.evaluate)
+    if recipe.gate is not None:
+        check_gate_metrics(recipe.gate.model_dump(), declared)
     source = resolve_model(recipe.model, recipe.revision)
     config = load_config(source)
     task = infer_task(config, recipe.task)
@@ -155,10 +191,21 @@ def plan(recipe: Recipe) -> Plan:
         except BadInputError as exc:
             raise BadInputError(f"steps[{i}] ({step.technique}): {exc}") from None
         fmt = technique.output_format(step.config)
-    return Plan(recipe=recipe, source=source, task=task, splits=splits)
+    return Plan(recipe=recipe, source=source, task=task, splits=splits,
+                id2label=_label_mapping(config, task, splits))
 
 
 def _check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BadInputError(
+            f"--output {output_dir}: a file of that name exists, and the output is a folder; choose another "
+            "path (hfcompress never replaces a file that is not its own output folder)"
+        )
+    if not output_dir.parent.is_dir():
+        raise BadInputError(
+            f"--output {output_dir}: the parent folder {output_dir.parent} does not exist (or is not a folder); "
+            "create it first or choose another path"
+        )
     if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / "hfcompress.yaml").exists():
         raise BadInputError(
             f"--output {output_dir}: the folder exists, is not empty and is not an hfcompress output folder; "
@@ -198,7 +245,21 @@ def _run_steps(p: Plan, state: ModelState, accelerator: Any, use_cache: bool) ->
             work_dir=work_dir, step_index=i, model_id=recipe.model,
         )
         start = time.perf_counter()
-        result: StepResult = technique.apply(state, step.config, ctx)
+        try:
+            result: StepResult = technique.apply(state, step.config, ctx)
+        except HfCompressError as exc:  # its own exit code (2, 3, ...), but say which step raised it
+            if step.technique not in str(exc):
+                exc.args = (f"steps[{i}] ({step.technique}): {exc}", *exc.args[1:])
+            raise
+        except Exception as exc:
+            # A bare traceback from deep inside a plugin names neither the technique nor who ships
+            # it; users need both to report the bug to the right project. The cause stays chained
+            # (`hfcompress run --verbose` prints it).
+            plugin = registry.techniques[step.technique].plugin
+            raise HfCompressError(
+                f"steps[{i}]: technique {step.technique!r} (distribution {plugin.distribution} {plugin.version}) "
+                f"failed in apply: {type(exc).__name__}: {exc}"
+            ) from exc
         seconds = time.perf_counter() - start
         state = result.state
         report = {
@@ -269,6 +330,11 @@ def compress(
         resolved.device = device  # type: ignore[assignment]
     out = Path(output_dir or "hfcompress-output").resolve()
     _check_output_dir(out)
+    push_to = push_to or (resolved.push.repo_id if resolved.push else None)
+    if push_to:
+        from .hub import check_repo_id
+
+        check_repo_id(push_to)  # a bad id fails now, not after the whole run
     p = plan(resolved)
     accelerator = make_accelerator(resolved.device)
     resolved.provenance = {"packages": package_versions(), "seed": resolved.seed}
@@ -278,6 +344,9 @@ def compress(
     set_seed(resolved.seed)
     log.info("loading %s (%s)", resolved.model, p.task)
     state = load_model(p.source, p.task)
+    if p.id2label:  # the data's class names become the model's, as transformers records them
+        state.model.config.id2label = dict(p.id2label)
+        state.model.config.label2id = {name: i for i, name in p.id2label.items()}
     state.model.to(accelerator.device)
     state, reports = _run_steps(p, state, accelerator, use_cache)
     if not accelerator.is_main_process:  # DDP: only the main process evaluates and writes
@@ -290,18 +359,19 @@ def compress(
     results = evaluate_and_record(p, tmp, accelerator, reports)
     resolved.dump(tmp / "hfcompress.yaml")
     from .card import write_card
+    from .evaluation import metric_declarations
     from .gate import check_gate
 
-    failures = check_gate(results, resolved.gate.model_dump()) if resolved.gate else []
+    declared = metric_declarations(resolved.evaluate)  # labels and directions, as the evaluators that ran declare them
+    failures = check_gate(results, resolved.gate.model_dump(), declared) if resolved.gate else []
     results["gate"] = {"passed": not failures, "failures": failures, "config": resolved.gate.model_dump() if resolved.gate else None}
     (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    write_card(tmp, results, resolved.to_dict())
+    write_card(tmp, results, resolved.to_dict(), metrics=declared)
     _write_atomically(tmp, out)
     log.info("wrote %s", out)
     result = Result(output_dir=out, results=results, recipe=resolved, gate_failures=failures)
     if failures:
         raise GateFailedError("quality gate failed: " + "; ".join(failures) + f" (see {out / 'results.json'})", failures)
-    push_to = push_to or (resolved.push.repo_id if resolved.push else None)
     if push_to:
         from .hub import push_to_hub
 
@@ -316,7 +386,6 @@ def compress(
 def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Evaluate base and compressed the same way on the held-out split; return results.json."""
     from .evaluation import compare_blocks, evaluate_state
-    from .runner import verification_outputs
 
     recipe = p.recipe
     settings = recipe.evaluate
@@ -329,11 +398,9 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
     compressed = load_state(artifact_dir)  # evaluate what is shipped, as it reloads
     log.info("evaluating the compressed model")
     comp_block, _ = evaluate_state(compressed, p.splits.eval, settings, artifact_dir, reference=base_ctx)
-    texts = list(p.splits.eval["text"][:VERIFY_TEXTS])
-    import torch
+    from .hub import record_verification
 
-    with torch.no_grad():
-        outputs = verification_outputs(compressed, texts, 32)
+    verification = record_verification(compressed, artifact_dir, list(p.splits.eval["text"][:VERIFY_TEXTS]))
     return {
         "hfcompress_version": __version__,
         "model": recipe.model,
@@ -344,23 +411,79 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
             "eval_samples": len(p.splits.eval),
             "evaluated_samples": min(len(p.splits.eval), settings.max_samples),
             "fingerprint": p.splits.fingerprint,
+            **({"label_names": p.splits.label_names} if p.splits.label_names else {}),
         },
         "base": base_block,
         "compressed": comp_block,
         "comparison": compare_blocks(base_block, comp_block),
         "steps": reports,
         "environment": _environment(recipe, accelerator),
-        "verification": {"texts": texts, "sequence_length": 32, "outputs": outputs, "atol": 1e-3},
+        "verification": verification,
     }
 
 
-def configure_logging(verbose: bool = True) -> None:
-    """CLI logging: our progress lines on stderr; the libraries' per-request and per-file noise off."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="hfcompress: %(message)s"
-    )
-    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _is_ours(record: logging.LogRecord) -> bool:
+    """hfcompress, the built-in plugins (hfcompress_plugins) and plugins named hfcompress_*."""
+    return record.name.partition(".")[0].startswith("hfcompress")
+
+
+class _OriginFilter(logging.Filter):
+    """Our records from ``ours`` up, everyone else's from ``others`` up.
+
+    A filter on our handler rather than levels on loggers: onnxruntime's quantizer logs each
+    tensor it visits with ``logging.info`` on the *root* logger, and plugins name their loggers
+    freely (``hfcompress_layerdrop``), which a level on the ``hfcompress`` logger would not reach.
+    """
+
+    def __init__(self, ours: int, others: int) -> None:
+        super().__init__()
+        self.ours, self.others = ours, others
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= (self.ours if _is_ours(record) else self.others)
+
+
+class _OriginFormatter(logging.Formatter):
+    """``hfcompress: message`` for our lines; other libraries' lines carry their logger's name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"hfcompress: {text}" if _is_ours(record) else f"{record.name}: {record.levelname.lower()}: {text}"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (pytest swaps it per test)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(progress: bool = True, verbose: bool = False) -> None:
+    """CLI logging on stderr: our progress lines (INFO) unless ``progress`` is off; other libraries
+    only from WARNING, unless ``verbose`` (then everything from INFO, ours from DEBUG).
+
+    Calling it again replaces the handler it installed; handlers others installed are left alone.
+    """
+    ours = logging.DEBUG if verbose else logging.INFO if progress else logging.WARNING
+    others = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    handler.addFilter(_OriginFilter(ours, others))
+    handler.setFormatter(_OriginFormatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(min(ours, others))
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):  # per-request / per-file lines
+        logging.getLogger(noisy).setLevel(logging.NOTSET if verbose else logging.WARNING)
     import datasets
     import transformers
 

@@ -34,6 +34,7 @@ __all__ = [
     "Evaluator",
     "GateFailedError",
     "HfCompressError",
+    "Metric",
     "ModelState",
     "ModelTarget",
     "StepContext",
@@ -142,9 +143,11 @@ class Technique(Generic[ConfigT]):
     summary: ClassVar[str] = ""
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
     accepts_formats: ClassVar[tuple[str, ...]] = ("pytorch",)
+    produces_formats: ClassVar[tuple[str, ...]] = ("pytorch",)
+    """Every format ``output_format`` can return, whatever the config (shown by ``hfcompress plugins``)."""
 
     def output_format(self, config: ConfigT) -> str:
-        """The format ``apply`` produces; ``"pytorch"`` unless overridden."""
+        """The format ``apply`` produces for ``config``, one of ``produces_formats``; ``"pytorch"`` unless overridden."""
         return "pytorch"
 
     def data_requirement(self, config: ConfigT) -> Literal["none", "text", "labels"]:
@@ -205,11 +208,51 @@ class EvalContext:
         return eval_batches(self)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What an evaluator declares about one value it returns.
+
+    The card, the quality gate, ``--max-drop`` and the plot take a metric's label and direction
+    from here, and a recipe's ``gate`` may only name declared metrics (checked before any work).
+
+    ``higher_is_better``: the direction of quality (False for error rates, latency, sizes, KL).
+    ``unit``: printed after the label, e.g. ``"ms"``. ``setting``: a condition of the measurement
+    (batch size, threads, samples evaluated), not a result: results.json keeps it in the block's
+    ``settings``, never in ``metrics``, and the card lists it under the evaluation settings.
+    ``perfect``: the value the base model gets against itself, for metrics that compare with the
+    base by construction (fidelity: 1.0 for cosine, 0.0 for KL); the gate's ``max_drop`` measures
+    from it, since such a metric has no base value.
+    """
+
+    name: str
+    label: str = ""
+    higher_is_better: bool = True
+    unit: str = ""
+    setting: bool = False
+    perfect: float | None = None
+
+    @property
+    def title(self) -> str:
+        """The label with its unit, as the card prints it: ``Latency, median (ms)``."""
+        text = self.label or self.name
+        return f"{text} ({self.unit})" if self.unit else text
+
+
 class Evaluator:
-    """Measures one aspect of a model. Return ``{metric_name: value}``; empty when not applicable."""
+    """Measures one aspect of a model. Return ``{metric_name: value}``; empty when not applicable.
+
+    Declare every name ``evaluate`` can return in ``metrics`` (a returned name that is not declared
+    is logged as a warning, and counts as higher-is-better); override ``declared_metrics`` when
+    the names depend on the settings.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+
+    def declared_metrics(self, settings: EvalSettings) -> tuple[Metric, ...]:
+        """Everything ``evaluate`` may return under ``settings``. Default: ``metrics``."""
+        return self.metrics
 
     def applies_to(self, ctx: EvalContext) -> bool:
         return True
@@ -224,6 +267,10 @@ class DataSource:
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     subsets: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    """What the data is, in a phrase the evaluation card prints after the data spec (with citation)."""
+    license: ClassVar[str] = ""
+    """The data's licence (an SPDX id such as ``MIT`` when there is one), printed on the card."""
 
     def load(self, subset: str) -> datasets.Dataset:
         """Return a dataset with a ``text`` column (and ``label`` when labelled)."""

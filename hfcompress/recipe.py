@@ -174,7 +174,14 @@ class Recipe(BaseModel):
             data = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:
             raise BadInputError(f"recipe {str(path)!r}: not valid YAML: {exc}") from None
-        return cls.from_dict(data or {})
+        if data is None:
+            # An empty file is a mistake (a truncated copy, the wrong path), never "use the defaults":
+            # running the embedded default on the user's behalf would waste minutes and mislead.
+            raise BadInputError(
+                f"recipe {str(path)!r}: the file is empty. Give at least `model:` and `steps:` (see the README's "
+                "recipe reference), or run `hfcompress run` without a recipe for the embedded default."
+            )
+        return cls.from_dict(data)
 
     @classmethod
     def default(cls, model: str = "builtin:all-MiniLM-L6-v2") -> Recipe:

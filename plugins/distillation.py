@@ -842,6 +842,7 @@ class Distillation(Technique[DistillationConfig]):
     name = "distillation"
     summary = "Knowledge distillation from the original (or any) teacher: KL, CE, hidden MSE, attention, cosine"
     Config = DistillationConfig
+    produces_formats = ("pytorch",)
 
     def data_requirement(self, config: DistillationConfig) -> Literal["none", "text", "labels"]:
         return "labels" if config.mode == "task-specific" else "text"

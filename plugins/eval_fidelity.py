@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hfcompress.plugin import EvalContext, Evaluator, hookimpl
+from hfcompress.plugin import EvalContext, Evaluator, Metric, hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,6 +27,14 @@ if TYPE_CHECKING:  # pragma: no cover
 class Fidelity(Evaluator):
     name = "fidelity"
     summary = "Agreement with the base model: embedding cosine, top-1 agreement, KL(base||compressed)"
+    # perfect: the base measured against itself; the gate's max_drop counts from there (no base value)
+    metrics = (
+        Metric("fidelity_cosine_mean", label="Fidelity: embedding cosine, mean", perfect=1.0),
+        Metric("fidelity_cosine_min", label="Fidelity: embedding cosine, min", perfect=1.0),
+        Metric("fidelity_top1_agreement", label="Fidelity: top-1 agreement", perfect=1.0),
+        # "‖", not "||": a pipe would split the card's table cell
+        Metric("fidelity_kl", label="Fidelity: KL(base ‖ compressed)", higher_is_better=False, perfect=0.0),
+    )
 
     def applies_to(self, ctx: EvalContext) -> bool:
         return ctx.reference is not None and ctx.data is not None and len(ctx.data) > 0

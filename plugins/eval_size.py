@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hfcompress.plugin import EvalContext, Evaluator, hookimpl
+from hfcompress.plugin import EvalContext, Evaluator, Metric, hookimpl
 
 # Written next to the model by the pipeline; not part of the model.
 NOT_MODEL_FILES = frozenset({"README.md", "results.json", "hfcompress.yaml", "evaluation.png", "step.json"})
@@ -78,6 +78,13 @@ def _onnx_parameters(folder: Path) -> int:
 class Size(Evaluator):
     name = "size"
     summary = "Bytes on disk, parameters, peak memory (RSS) while loading and running"
+    metrics = (
+        Metric("size_bytes", label="Size on disk", unit="bytes", higher_is_better=False),
+        Metric("weights_bytes", label="Weight files", unit="bytes", higher_is_better=False),
+        Metric("num_parameters", label="Parameters", higher_is_better=False),
+        Metric("peak_memory_load_mb", label="Peak memory while loading", unit="MB RSS", higher_is_better=False),
+        Metric("peak_memory_mb", label="Peak memory, load + run", unit="MB RSS", higher_is_better=False),
+    )
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         from hfcompress.models import num_parameters

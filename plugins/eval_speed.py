@@ -3,8 +3,9 @@
 One fixed batch of ``batch_size`` held-out texts, padded/truncated to exactly
 ``sequence_length`` tokens, is run ``warmup`` times untimed and then ``repeats`` times timed.
 Results: ``latency_ms`` (median per batch), ``latency_p95_ms``, ``throughput_samples_per_s``
-(batch_size / median). The conditions are recorded next to them (``speed_batch_size``,
-``speed_sequence_length``, ``speed_threads``, ``speed_warmup``, ``speed_repeats``).
+(batch_size / median). The conditions are declared as settings (``speed_batch_size``,
+``speed_sequence_length``, ``speed_threads``, ``speed_warmup``, ``speed_repeats``), so
+results.json records them in each block's ``settings``, apart from the measurements.
 
 The thread count matters more than anything else on small CPUs (DESIGN.md: a MiniLM forward
 took 1,070 ms with 2 threads vs 220 ms with 1 on the 2-core CI machines), so PyTorch is pinned
@@ -23,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hfcompress.plugin import EvalContext, Evaluator, hookimpl
+from hfcompress.plugin import EvalContext, Evaluator, Metric, hookimpl
 
 # Without held-out texts the shapes still come from the settings; the content barely matters
 # because every sequence is padded to the same length.
@@ -52,6 +53,17 @@ def _synchronizer(device: Any) -> Any:
 class Speed(Evaluator):
     name = "speed"
     summary = "Median and p95 latency, throughput (fixed batch, sequence length, threads, warm-up)"
+    metrics = (
+        Metric("latency_ms", label="Latency, median", unit="ms", higher_is_better=False),
+        Metric("latency_p95_ms", label="Latency, p95", unit="ms", higher_is_better=False),
+        Metric("throughput_samples_per_s", label="Throughput", unit="samples/s"),
+        # the conditions: results.json keeps them under "settings", the card under its settings
+        Metric("speed_batch_size", label="batch size", setting=True),
+        Metric("speed_sequence_length", label="sequence length (tokens, padded)", setting=True),
+        Metric("speed_threads", label="threads", setting=True),
+        Metric("speed_warmup", label="warm-up runs", setting=True),
+        Metric("speed_repeats", label="timed runs", setting=True),
+    )
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         from hfcompress.runner import forward, model_device, tokenize

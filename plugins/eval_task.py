@@ -15,6 +15,11 @@ Extra metric names (Hub ids for users online, or local metric script paths) are 
 
     evaluate:
       metrics: [matthews_correlation]
+
+Their direction is not known, so they are declared higher-is-better under the metric's own name
+(the last part of a path, without ``.py``), which is the key most `evaluate` metrics return. A
+metric that returns other keys (or is lower-is-better) belongs in an evaluator of its own that
+declares them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hfcompress.plugin import EvalContext, Evaluator, hookimpl
+from hfcompress.plugin import EvalContext, EvalSettings, Evaluator, Metric, hookimpl
 
 PROBE_FOLDS = 5
 
@@ -30,6 +35,20 @@ PROBE_FOLDS = 5
 class TaskMetrics(Evaluator):
     name = "task-metrics"
     summary = "Accuracy/F1 (classification, embedding probe) and perplexity (causal LMs) via evaluate"
+    metrics = (
+        Metric("accuracy", label="Accuracy"),
+        Metric("f1", label="F1"),
+        Metric("f1_macro", label="F1 (macro)"),
+        Metric("probe_accuracy", label="Embedding probe accuracy"),
+        Metric("probe_f1", label="Embedding probe F1"),
+        Metric("perplexity", label="Perplexity", higher_is_better=False),
+        Metric("eval_samples", label="held-out samples evaluated", setting=True),
+    )
+
+    def declared_metrics(self, settings: EvalSettings) -> tuple[Metric, ...]:
+        known = {m.name for m in self.metrics}
+        extra = dict.fromkeys(extra_metric_name(name) for name in settings.metrics)
+        return self.metrics + tuple(Metric(name) for name in extra if name not in known)
 
     def applies_to(self, ctx: EvalContext) -> bool:
         if ctx.data is None or len(ctx.data) == 0:
@@ -72,6 +91,12 @@ def _scores(predictions: list[int], labels: list[int], prefix: str) -> dict[str,
         f1_name, average = "f1_macro", "macro"
     f1 = load_metric("f1").compute(predictions=predictions, references=labels, average=average)["f1"]
     return {f"{prefix}accuracy": float(accuracy), f"{prefix}{f1_name}": float(f1)}
+
+
+def extra_metric_name(name: str) -> str:
+    """The result name declared for an extra metric: ``matthews_correlation``, ``./metrics/mcc.py`` -> ``mcc``."""
+    last = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return last[: -len(".py")] if last.endswith(".py") else last
 
 
 def _extra_metrics(names: list[str], predictions: list[int], labels: list[int]) -> dict[str, float]:

@@ -850,6 +850,7 @@ class HeadPruning(Technique[HeadPruningConfig]):
     name = "head-pruning"
     summary = "Structured pruning of attention heads and FFN neurons (BERT- and Llama-family), gradient or magnitude importance"
     Config = HeadPruningConfig
+    produces_formats = ("pytorch",)
 
     def data_requirement(self, config: HeadPruningConfig) -> Literal["none", "text", "labels"]:
         needs_text = config.importance == "gradient" or config.reconstruction == "least-squares"

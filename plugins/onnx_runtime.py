@@ -152,8 +152,32 @@ def sample_feed(tokenizer: Any, input_names: Sequence[str], texts: Sequence[str]
 # In int8 graphs (DynamicQuantizeMatMul) on AVX-512 CPUs without AMX its kernel measured slower
 # than the unfused pair: all-MiniLM-L6-v2 pruned 50%/50%, ORT dynamic int8, 1 thread, 8x128:
 # 57.6 ms fused vs 47.8 ms unfused (SkipLayerNormalization was 19% of the run). Whether it helps
-# depends on the CPU, so quantization (graph_optimization: auto) times both and records the choice.
+# depends on the CPU, so quantization (graph_optimization: auto) times both.
 SKIP_LAYERNORM_FUSION = "SkipLayerNormFusion"
+
+
+def keep_layernorm_unfused(src: Path, dst: Path) -> int:
+    """Copy ``src`` to ``dst`` with each residual ``Add`` that feeds a ``LayerNormalization`` written
+    as the equivalent two-input ONNX ``Sum``; returns how many were rewritten.
+
+    Why not ``disabled_optimizers=["SkipLayerNormFusion"]``: that is a session option, so every
+    loader would have to remember it, and a bare ``InferenceSession(path)`` would run a different
+    (fused) graph than the one timed and evaluated, with int8 outputs that differ at quantization-
+    noise level (max 0.06 on MiniLM). The fusion only matches ``Add`` nodes, so a ``Sum`` (same
+    arithmetic, element by element) keeps the choice inside the file, for every loader.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    rewritten = 0
+    for node in model.graph.node:
+        add = producer.get(node.input[0]) if node.op_type == "LayerNormalization" and node.input else None
+        if add is not None and add.op_type == "Add" and len(add.input) == 2 and not add.domain:
+            add.op_type = "Sum"
+            rewritten += 1
+    onnx.save(model, str(dst))
+    return rewritten
 
 
 def _session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None,

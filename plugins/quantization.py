@@ -121,8 +121,9 @@ class QuantizationConfig(TechniqueConfig):
     graph_optimization: Literal["auto", "bert-fusion", "none", "unfused-layernorm"] = "auto"
     """onnxruntime: ``bert-fusion``: ONNX Runtime's offline BERT fusions; ``none``: the exported graph
     with ONNX Runtime's default load-time optimizations; ``unfused-layernorm``: the exported graph
-    with the load-time SkipLayerNormFusion switched off (recorded in the output and applied by
-    ``hfcompress.load``). ``auto`` times every option and keeps the fastest."""
+    with its residual additions written so that ONNX Runtime's load-time SkipLayerNormFusion does
+    not apply (the choice lives in the graph itself: a bare ``InferenceSession`` runs what was
+    timed). ``auto`` times every option and keeps the fastest."""
     opset: int = Field(17, ge=14, le=21)
     calibration_samples: int = Field(64, gt=0, le=100_000)
     """Training texts used to calibrate, to check fidelity and (auto) to time."""
@@ -225,6 +226,7 @@ class Quantization(Technique[QuantizationConfig]):
     summary = "int8/int4/fp8 (quanto), int8 ONNX Runtime, bf16/fp16 casts, or auto: measured choice"
     Config = QuantizationConfig
     accepts_formats = ("pytorch",)
+    produces_formats = ("pytorch", "quanto", "onnx")  # BACKEND_FORMAT's values: torch casts, quanto, ONNX Runtime
 
     def output_format(self, config: QuantizationConfig) -> str:
         if config.backend != "auto":
@@ -356,8 +358,7 @@ class Quantization(Technique[QuantizationConfig]):
             # The generic config class: an ONNX folder needs no modeling code, even when the
             # PyTorch model had custom code (e.g. pruned heads).
             config = PretrainedConfig.from_dict(json.loads((path / "config.json").read_text()))
-            disabled = (state_info.get("quantization") or {}).get("ort_disabled_optimizers")
-            model = onnx_runtime.OnnxModel(path / onnx_runtime.ONNX_FILE, config, task, disabled_optimizers=disabled)
+            model = onnx_runtime.OnnxModel(path / onnx_runtime.ONNX_FILE, config, task)
             return ModelState(model, tokenizer, task, format="onnx", saver=_save_onnx, loader=cls.name,
                               info=state_info)
         if fmt == "quanto":
@@ -478,7 +479,7 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
                                       op_types=config.op_types, exclude_nodes=excluded)
         return dst
 
-    plain_dir, fused_dir = work_dir / "plain", work_dir / "fused"
+    plain_dir, fused_dir, unfused_dir = work_dir / "plain", work_dir / "fused", work_dir / "unfused"
     options: dict[str, Path] = {}
     if config.graph_optimization in ("auto", "none", "unfused-layernorm"):
         plain_dir.mkdir(exist_ok=True)
@@ -488,7 +489,10 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
         # Only BERT-family graphs have the residual Add + LayerNormalization pairs it concerns.
         if config.graph_optimization == "unfused-layernorm" or (
                 config.graph_optimization == "auto" and ort_tools.bert_like(model_config)):
-            options["unfused-layernorm"] = plain
+            unfused_dir.mkdir(exist_ok=True)
+            unfused = unfused_dir / ort_tools.ONNX_FILE
+            details["unfused_layernorm_residuals"] = ort_tools.keep_layernorm_unfused(plain, unfused)
+            options["unfused-layernorm"] = unfused
     if config.graph_optimization in ("auto", "bert-fusion"):
         fused_dir.mkdir(exist_ok=True)
         report = ort_tools.optimize(exported, work_dir / "optimized.onnx", model_config, feed)
@@ -502,8 +506,7 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
         # "Where they help": fusions change which kernels the quantized graph uses (e.g. a
         # QAttention instead of int8 MatMuls) and are not always faster, so time both.
         probe_texts = (texts or FALLBACK_TEXTS) * 2
-        probes = {key: ModelState(ort_tools.OnnxModel(path, model_config, state.task, num_threads=config.threads,
-                                                      disabled_optimizers=_disabled_optimizers(key)),
+        probes = {key: ModelState(ort_tools.OnnxModel(path, model_config, state.task, num_threads=config.threads),
                                   state.tokenizer, state.task, format="onnx") for key, path in options.items()}
         batches = _timing_batches(state, probe_texts, config)
         timings = _latency_round_robin(probes, batches, config.threads)
@@ -512,22 +515,17 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
     else:
         choice = next(iter(options))
     details["graph_optimization"] = choice
-    details["ort_disabled_optimizers"] = _disabled_optimizers(choice)
     final = options[choice]
     # Intermediate graphs (fp32 export, fused fp32, the slower quantized option) are 100s of MB
     # for larger models and live in the step's work dir; only the chosen graph is kept.
-    for leftover in [exported, work_dir / "optimized.onnx", *(p for p in options.values() if p != final)]:
-        leftover.unlink(missing_ok=True)
-    model = ort_tools.OnnxModel(final, model_config, state.task, disabled_optimizers=_disabled_optimizers(choice))
+    graphs = [p for d in (plain_dir, fused_dir, unfused_dir) for p in d.glob("*.onnx")]
+    for leftover in [exported, work_dir / "optimized.onnx", *graphs]:
+        if leftover != final:
+            leftover.unlink(missing_ok=True)
+    model = ort_tools.OnnxModel(final, model_config, state.task)
     details["size_bytes"] = final.stat().st_size
     return ModelState(model, state.tokenizer, state.task, format="onnx", saver=_save_onnx,
                       loader=Quantization.name, info=_info(state, details)), details
-
-
-def _disabled_optimizers(graph_option: str) -> list[str]:
-    from . import onnx_runtime as ort_tools
-
-    return [ort_tools.SKIP_LAYERNORM_FUSION] if graph_option == "unfused-layernorm" else []
 
 
 def _unsupported_reason(name: str, device: Any, ctx: StepContext) -> str | None:

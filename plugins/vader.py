@@ -84,6 +84,8 @@ class VaderSource(DataSource):
     name = "vader"
     summary = "Human-rated sentiment sentences from VADER (Hutto & Gilbert, ICWSM 2014): movie, tweets, amazon, nyt"
     subsets = tuple(FILES)
+    description = "human-rated sentiment sentences from VADER (Hutto & Gilbert, ICWSM 2014); label = mean rating > 0"
+    license = "MIT"  # vaderSentiment and its ground-truth files are released under the MIT License
 
     def load(self, subset: str) -> Any:
         import datasets

@@ -34,7 +34,7 @@ def test_minilm_against_itself_and_bf16(movie: Any) -> None:
     base_block, base_ctx = evaluate_state(base, movie.eval, settings)
     # a sentence encoder's embeddings separate positive from negative movie snippets well
     assert 0.75 < base_block["metrics"]["probe_accuracy"] <= 1.0
-    assert base_block["metrics"]["eval_samples"] == 96
+    assert base_block["settings"]["eval_samples"] == 96
     same, _ = evaluate_state(base, movie.eval, settings, reference=base_ctx)
     assert same["metrics"]["fidelity_cosine_min"] == pytest.approx(1.0, abs=1e-6)
     bf16, _ = evaluate_state(_bf16_copy(base), movie.eval, settings, reference=base_ctx)

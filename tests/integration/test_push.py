@@ -34,15 +34,14 @@ RECIPE = "model: tiny-bert\nsteps:\n- head-pruning: {ratio: 0.5}\n- quantization
 @pytest.fixture(scope="module")
 def output_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hfcompress.artifact import load_state, save_state
-    from hfcompress.runner import verification_outputs
+    from hfcompress.hub import record_verification
     from hfcompress.testing.models import make_tiny_bert
 
     root = tmp_path_factory.mktemp("push")
     out = root / "out"
     save_state(load_state(make_tiny_bert(root / "src")), out)
-    outputs = verification_outputs(load_state(out), TEXTS, SEQ)  # as shipped, as it reloads
-    (out / "results.json").write_text(json.dumps(
-        {"verification": {"texts": TEXTS, "sequence_length": SEQ, "outputs": outputs, "atol": 1e-4}}, indent=2))
+    block = record_verification(load_state(out), out, TEXTS, SEQ)  # as shipped, as it reloads
+    (out / "results.json").write_text(json.dumps({"verification": block}, indent=2))
     (out / "README.md").write_text(CARD)
     (out / "hfcompress.yaml").write_text(RECIPE)
     return out
@@ -185,8 +184,38 @@ def test_tampered_weights_are_refused_before_anything_is_created(
         push_to_hub(tampered, "alice/tampered", token=hub_client.write_token)
     assert err.value.exit_code == 3
     assert {f.split(":")[0] for f in err.value.failures} == {"hfcompress.load", "transformers"}
+    assert "weight files changed after compression (model.safetensors: sha256 differs" in str(err.value)
     assert not hub_client.requests("create_repo") and not hub_client.requests("commit")
     assert ("model", "alice/tampered") not in hub_client.repos
+
+
+def test_same_weights_other_outputs_blame_the_runtime_not_the_weights(output_folder: Path, tmp_path: Path) -> None:
+    from hfcompress.hub import tolerance_for, verify_folder
+
+    moved = _copy(output_folder, tmp_path)
+    results = json.loads((moved / "results.json").read_text())
+    block = results["verification"]
+    block["outputs"] = [[v + 0.01 for v in row] for row in block["outputs"]]  # as another runtime computes them
+    (moved / "results.json").write_text(json.dumps(results))
+    with pytest.raises(GateFailedError) as err:
+        verify_folder(moved)
+    message = str(err.value)
+    assert "exactly the ones compressed (sha256 match)" in message and "weight files changed" not in message
+    assert "runtime versions are the same" in message
+
+    # Recorded under other runtime versions: the format's noise level applies, and the report says why.
+    block["runtime"] = {**block["runtime"], "torch": "0.0.1"}
+    atol, basis = tolerance_for(block, {k: v for k, v in block["runtime"].items() if k != "torch"} | {"torch": "9"})
+    assert atol == block["atol_other_runtime"] == 1e-3 and "torch" in basis  # fp32 weights
+    assert tolerance_for(block, block["runtime"]) == (1e-5, "same runtime versions as at compression")
+
+
+def test_invalid_repo_id_is_refused_locally_before_any_request(hub_client: HubServer, output_folder: Path) -> None:
+    for bad in ("a/b/c", "has space/x", "-starts-with-dash", ""):
+        with pytest.raises(BadInputError, match="not a valid Hub repo id") as err:
+            push_to_hub(output_folder, bad, token=hub_client.write_token)
+        assert err.value.exit_code == 2
+    assert hub_client.requests() == []
 
 
 def test_missing_invalid_or_read_only_token_fails_before_any_upload(

@@ -162,6 +162,48 @@ def test_hook_hfcompress_register_data_sources(doc_example: Any) -> None:
 # -- the meta-tests -------------------------------------------------------------------------------
 
 
+def test_builtin_evaluators_declare_exactly_what_they_return(tmp_path: Path) -> None:
+    """Every name a built-in evaluator returns is declared (the card and the gate read its label and
+    direction from the declaration), and every declaration is returned for some model and data."""
+    import datasets
+
+    from hfcompress.artifact import load_state
+    from hfcompress.plugin import EvalContext, EvalSettings
+    from hfcompress.registry import get_registry
+    from hfcompress.testing.models import make_tiny_bert, make_tiny_llama
+
+    registry = get_registry()
+    builtins = sorted(n for n, r in registry.evaluators.items() if r.plugin.distribution == "hfcompress")
+    assert builtins == ["fidelity", "size", "speed", "task-metrics"]
+    settings = EvalSettings(batch_size=4, sequence_length=16, warmup=0, repeats=1)
+    texts = [f"sentence number {i} is {'good' if i % 2 else 'bad'}" for i in range(12)]
+    # binary labels give f1, three classes f1_macro; an encoder gives the probe, an LM perplexity
+    cases = [
+        (make_tiny_bert(tmp_path / "encoder"), [i % 2 for i in range(12)]),
+        (make_tiny_bert(tmp_path / "binary", task="text-classification"), [i % 2 for i in range(12)]),
+        (make_tiny_bert(tmp_path / "three", task="text-classification", num_labels=3), [i % 3 for i in range(12)]),
+        (make_tiny_llama(tmp_path / "lm"), [i % 2 for i in range(12)]),
+    ]
+    produced: dict[str, set[str]] = {name: set() for name in builtins}
+    for i, (folder, labels) in enumerate(cases):
+        data = datasets.Dataset.from_dict({"text": texts, "label": labels})
+        base = EvalContext(state=load_state(folder), data=data, settings=settings, artifact_dir=folder)
+        compressed = EvalContext(state=load_state(folder), data=data, settings=settings, artifact_dir=folder,
+                                 reference=base)
+        for ctx in (base, compressed):
+            for name in builtins:
+                if name == "size" and (i or ctx is compressed):  # its names do not depend on the model; ~5 s a run
+                    continue
+                evaluator = registry.evaluator(name)
+                if evaluator.applies_to(ctx):
+                    produced[name] |= set(evaluator.evaluate(ctx))
+    for name in builtins:
+        declared = [m.name for m in registry.evaluator(name).declared_metrics(settings)]
+        assert len(declared) == len(set(declared)), f"{name} declares a metric twice: {declared}"
+        assert produced[name] <= set(declared), f"{name} returns undeclared metrics {produced[name] - set(declared)}"
+        assert set(declared) <= produced[name], f"{name} declares metrics it never returns {set(declared) - produced[name]}"
+
+
 def test_there_are_hooks() -> None:
     assert hook_names() == ["hfcompress_register_data_sources", "hfcompress_register_evaluators",
                             "hfcompress_register_techniques"]

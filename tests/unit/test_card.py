@@ -14,11 +14,10 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hfcompress import card as card_module
 from hfcompress.artifact import load_state, save_state
 from hfcompress.card import base_license, base_model_id, base_model_relation, fmt, write_card
 from hfcompress.data import DataConfig, load_data
-from hfcompress.evaluation import SETTING_KEYS, TOP_LEVEL, compare_blocks, evaluate_state
+from hfcompress.evaluation import TOP_LEVEL, compare_blocks, evaluate_state, metric_declarations
 from hfcompress.plugin import EvalSettings
 
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -83,7 +82,7 @@ def test_model_index_holds_the_compressed_metrics(evaluated: dict[str, Any]) -> 
     assert name == "out"
     comp = evaluated["results"]["compressed"]
     expected = {k: comp[k] for k in TOP_LEVEL if comp[k] is not None}
-    expected.update({k: v for k, v in comp["metrics"].items() if k not in SETTING_KEYS})
+    expected.update(comp["metrics"])  # measurements only: the settings are in comp["settings"]
     assert {r.metric_type: r.metric_value for r in results} == expected
     assert {"accuracy", "f1", "fidelity_kl", "fidelity_top1_agreement", "size_bytes"} <= set(expected)
     spec = evaluated["results"]["data"]["spec"]["source"]
@@ -112,8 +111,12 @@ def _numbers(obj: Any) -> set[str]:
 def test_every_number_on_the_card_is_from_results_json(evaluated: dict[str, Any]) -> None:
     _, body = _front_and_body(evaluated["path"])
     prose = re.sub(r"```.*?```", "", body, flags=re.S)  # code: the recipe (checked below) and snippets
-    fixed_text = " ".join([*card_module.METRIC_LABELS.values(), *card_module.SETTING_LABELS.values(),
-                           *card_module.DATA_DESCRIPTIONS.values()])
+    # the labels the evaluators and data sources declare are prose, not measurements ("top-1", "p95")
+    from hfcompress.registry import get_registry
+
+    sources = get_registry().data_sources.values()
+    fixed_text = " ".join([*(m.title for m in metric_declarations().values()),
+                           *(f"{r.cls.description} {r.cls.license}" for r in sources)])
     allowed = _numbers(evaluated["results"]) | _numbers(fixed_text)
     found = {m.lstrip("+") for m in NUMBER.findall(prose)}
     assert found, "the card shows no numbers"
@@ -128,16 +131,22 @@ def test_table_rows_equal_results_json(evaluated: dict[str, Any]) -> None:
     base, comp = evaluated["results"]["base"], evaluated["results"]["compressed"]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
             for line in body.splitlines() if line.startswith("| ") and line.count("|") >= 5}
-    for name, label in card_module.METRIC_LABELS.items():
+    shown = 0
+    for name, metric in metric_declarations().items():
         b = base.get(name) if name in TOP_LEVEL else base["metrics"].get(name)
         c = comp.get(name) if name in TOP_LEVEL else comp["metrics"].get(name)
+        if metric.setting:
+            assert metric.title not in rows and b is None and c is None, name  # settings are never table rows
+            continue
         if b is None and c is None:
             continue
-        cells = rows[label.replace("|", "\\|")]
+        shown += 1
+        cells = rows[metric.title.replace("|", "\\|")]
         assert cells[0] == fmt(b) and cells[1] == fmt(c), (name, cells)
         delta = evaluated["results"]["comparison"]["metrics"].get(name)
         if delta is not None:
             assert fmt(abs(delta["change"])) in cells[2]
+    assert shown >= 10
     speedup = evaluated["results"]["comparison"]["speedup"]
     assert speedup == pytest.approx(base["latency_ms"] / comp["latency_ms"], rel=1e-5)
     assert f"{fmt(speedup)}×" in rows["Speedup"][2]
@@ -240,5 +249,69 @@ def test_onnx_snippet_is_valid_python(evaluated: dict[str, Any], tmp_path: Path)
     config["hfcompress"]["format"] = "onnx"
     (folder / "config.json").write_text(json.dumps(config))
     text = write_card(folder, evaluated["results"], evaluated["recipe"]).read_text()
-    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+    usage = text.split("## How to use")[1].split("## How to reproduce")[0]
+    blocks = re.findall(r"```python\n(.*?)```", usage, flags=re.S)
+    assert blocks, "the ONNX card has no Python snippet"
+    assert any("InferenceSession" in block for block in blocks)
+    for block in blocks:
         ast.parse(block)
+
+
+def test_settings_are_listed_once_with_their_labels_and_never_as_rows(evaluated: dict[str, Any]) -> None:
+    _, body = _front_and_body(evaluated["path"])
+    comp = evaluated["results"]["compressed"]
+    assert comp["settings"] == {"eval_samples": comp["settings"]["eval_samples"], "speed_batch_size": 4,
+                                "speed_sequence_length": 16, "speed_threads": 1, "speed_warmup": 1,
+                                "speed_repeats": 3}
+    settings = body.split("## Evaluation data and settings")[1].split("## Hardware")[0]
+    for line in ("- batch size: 4", "- sequence length (tokens, padded): 16", "- threads: 1", "- warm-up runs: 1",
+                 "- timed runs: 3", f"- held-out samples evaluated: {comp['settings']['eval_samples']}"):
+        assert settings.count(line) == 1, line
+    table = body.split("## Base vs compressed")[1].split("## Evaluation data")[0]
+    assert "batch size" not in table and "threads" not in table.lower()
+
+
+def test_data_source_description_and_license_come_from_the_source(evaluated: dict[str, Any], tmp_path: Path) -> None:
+    import types
+
+    from hfcompress.plugin import DataSource, hookimpl
+    from hfcompress.registry import extra_plugins
+
+    class Reviews(DataSource):
+        name = "reviews"
+        subsets = ("films",)
+        description = "film reviews rated by hand (Doe, 2024)"
+        license = "CC-BY-4.0"
+
+    @hookimpl
+    def hfcompress_register_data_sources(register: Any) -> None:
+        register(Reviews)
+
+    module = types.ModuleType("reviews_plugin")
+    module.hfcompress_register_data_sources = hfcompress_register_data_sources  # type: ignore[attr-defined]
+    folder = tmp_path / "described"
+    shutil.copytree(evaluated["out"], folder)
+    results = {**evaluated["results"], "data": {**evaluated["results"]["data"], "spec": {"source": "reviews:films"}}}
+    with extra_plugins(module):
+        text = write_card(folder, results, evaluated["recipe"]).read_text()
+    assert "- data: `reviews:films`, film reviews rated by hand (Doe, 2024), license: CC-BY-4.0" in text
+    plain = write_card(folder, evaluated["results"], evaluated["recipe"]).read_text()  # a file: no such prose
+    assert f"- data: `{evaluated['results']['data']['spec']['source']}`\n" in plain
+
+
+def test_vader_declares_its_description_and_license() -> None:
+    from hfcompress.registry import get_registry
+
+    vader = get_registry().data_sources["vader"].cls
+    assert "Hutto & Gilbert, ICWSM 2014" in vader.description and vader.license == "MIT"
+
+
+def test_a_license_that_cannot_be_read_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "README.md").write_bytes(b"---\nlicense: mit\n---\n\xff\xfe not utf-8")
+    with caplog.at_level("INFO", logger="hfcompress.card"):
+        assert base_license(str(tmp_path)) is None
+        assert base_license("some-org/not-cached-anywhere-xyz") is None  # offline: no README to fetch
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(level == "WARNING" and str(tmp_path / "README.md") in m and "UnicodeDecodeError" in m
+               for level, m in messages), messages
+    assert any(level == "INFO" and "license is unknown" in m for level, m in messages), messages

@@ -121,7 +121,7 @@ def test_perplexity_matches_manual_computation(tiny_llama_dir: Path) -> None:
         total_nll += float(loss) * (ids.shape[1] - 1)
         total_tokens += ids.shape[1] - 1
     assert block["metrics"]["perplexity"] == pytest.approx(math.exp(total_nll / total_tokens), rel=1e-5)
-    assert block["metrics"]["eval_samples"] == len(TEXTS)
+    assert block["settings"] == {"eval_samples": len(TEXTS)} and "eval_samples" not in block["metrics"]
 
 
 def test_classification_accuracy_and_f1(tmp_path: Path) -> None:
@@ -188,8 +188,10 @@ def test_speed_records_its_settings_and_runs_them(tiny_bert_dir: Path) -> None:
     s = _settings("speed", batch_size=3, sequence_length=12, warmup=2, repeats=5, threads=1)
     block, _ = evaluate_state(state, _data(), s)
     m = block["metrics"]
-    assert (m["speed_batch_size"], m["speed_sequence_length"], m["speed_threads"]) == (3, 12, 1)
-    assert (m["speed_warmup"], m["speed_repeats"]) == (2, 5)
+    # the conditions are settings, apart from the measurements
+    assert block["settings"] == {"speed_batch_size": 3, "speed_sequence_length": 12, "speed_threads": 1,
+                                 "speed_warmup": 2, "speed_repeats": 5}
+    assert set(m) == {"latency_p95_ms", "throughput_samples_per_s"}
     assert proxy.shapes == [(3, 12)] * 7 and proxy.threads == [1]
     assert 0 < block["latency_ms"] <= m["latency_p95_ms"]
     assert m["throughput_samples_per_s"] == pytest.approx(3 / (block["latency_ms"] / 1000), rel=1e-4)

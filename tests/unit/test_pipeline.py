@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,12 @@ def test_steps_run_in_order_and_folder_is_complete(tiny_bert_dir: Path, data_fil
     assert [s["technique"] for s in results["steps"]] == ["scale", "scale"]
     assert {"base", "compressed", "environment", "verification"} <= set(results)
     assert results["environment"]["threads"] == 1 and results["environment"]["sequence_length"] == 16
-    assert results["base"]["num_parameters"] == results["compressed"]["num_parameters"] or \
-        results["base"]["num_parameters"] is None
+    # scaling weights changes no shape: both blocks count every parameter of the tiny BERT
+    expected_parameters = sum(p.numel() for p in load(tiny_bert_dir).parameters())
+    assert expected_parameters > 0
+    assert results["base"]["num_parameters"] == results["compressed"]["num_parameters"] == expected_parameters
+    assert results["compressed"]["settings"]["speed_sequence_length"] == 16  # conditions apart from measurements
+    assert "speed_sequence_length" not in results["compressed"]["metrics"]
     again = Recipe.load(out / "hfcompress.yaml")
     assert again == result.recipe and again.provenance and "torch" in again.provenance["packages"]
     assert not list(tmp_path.glob(".out*")), "no scratch left next to the output folder"
@@ -94,6 +99,30 @@ def test_bad_input_fails_before_work_and_writes_nothing(tiny_bert_dir: Path, dat
         compress(recipe=bad, output_dir=out)
     with pytest.raises(BadInputError, match="no config.json"):
         compress(recipe=_recipe(tmp_path, data_file), output_dir=out)
+    assert techniques.CALLS == [] and not out.exists()
+
+
+@pytest.mark.parametrize(("gate", "evaluators", "needle"), [
+    ({"max_drop": {"no_such_metric": 0.1}}, None, "gate.max_drop.no_such_metric: no evaluator that will run"),
+    ({"min": {"no_such_metric": 0.5}}, ["speed"], "gate.min.no_such_metric"),
+    ({"max_drop": {"speed_threads": 0}}, None, "'speed_threads' is a setting"),
+    ({"max_drop": {"accuracy": 0.1}}, ["speed"], "speed: latency_ms, latency_p95_ms"),  # task-metrics will not run
+])
+def test_a_gate_on_an_undeclared_metric_fails_before_work(tiny_bert_dir: Path, data_file: str, tmp_path: Path,
+                                                          gate: dict, evaluators: list[str] | None, needle: str) -> None:
+    out = tmp_path / "out"
+    recipe = _recipe(tiny_bert_dir, data_file, {"scale": {"factor": 2.0, "tag": "a"}}, evaluators=evaluators)
+    recipe["gate"] = gate
+    with pytest.raises(BadInputError, match=re.escape(needle)):
+        compress(recipe=recipe, output_dir=out)
+    assert techniques.CALLS == [] and not out.exists()
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_an_unknown_evaluator_fails_before_work(tiny_bert_dir: Path, data_file: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(BadInputError, match="evaluate.evaluators: unknown evaluator 'sped'"):
+        compress(recipe=_recipe(tiny_bert_dir, data_file, {"scale": {"tag": "a"}}, evaluators=["sped"]), output_dir=out)
     assert techniques.CALLS == [] and not out.exists()
 
 
