@@ -302,23 +302,31 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
     auto = {"feature-extraction": "AutoModel", "text-classification": "AutoModelForSequenceClassification",
             "text-generation": "AutoModelForCausalLM"}[task]
     text = "An example sentence."
-    # A pruned model's config names its own model type, which transformers resolves through the
-    # folder's code: the tokenizer needs trust_remote_code too, or transformers asks interactively.
+    # A folder with custom shapes (pruned heads) ships its modeling code: the model needs
+    # trust_remote_code. Its tokenizer has no code and config.json names the stock model type, so
+    # the tokenizer loads without it (folders from older versions named the pruned classes' own
+    # type, and there the tokenizer asked interactively too).
     remote = ", trust_remote_code=True" if config.get("auto_map") else ""
-    if fmt_name == "onnx" or (folder / "model.onnx").is_file():
-        fetch = f'hf_hub_download("{repo}", "model.onnx")' if repo else f'"{where}/model.onnx"'
+    tokenizer_remote = remote if str(config.get("model_type", "")).startswith("hfcompress-pruned-") else ""
+    from .artifact import find_onnx_file
+
+    onnx_file = find_onnx_file(folder)
+    lines = _sentence_transformers_snippet(folder, task, fmt_name, where, text)
+    if fmt_name == "onnx" or onnx_file is not None:
+        rel = onnx_file.relative_to(folder).as_posix() if onnx_file is not None else "model.onnx"
+        fetch = f'hf_hub_download("{repo}", "{rel}")' if repo else f'"{where}/{rel}"'
         imports = "from huggingface_hub import hf_hub_download\n" if repo else ""
         out = "last_hidden_state" if task == "feature-extraction" else "logits"
         note = "  # mean-pool it with the attention mask" if task == "feature-extraction" else ""
         # A bare session computes exactly what was evaluated: no load-time options to remember.
         session = f"ort.InferenceSession({fetch})"
-        return [
+        return lines + [
             "ONNX Runtime, no PyTorch needed (`pip install onnxruntime transformers`):",
             "",
             "```python",
             f"import onnxruntime as ort\n{imports}from transformers import AutoTokenizer",
             "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{where}"{remote})',
+            f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
             f"session = {session}",
             "names = {i.name for i in session.get_inputs()}",
             f'batch = tokenizer(["{text}"], padding=True, return_tensors="np")',
@@ -328,17 +336,17 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
             *_hfcompress_load(repo, where),
         ]
     if fmt_name == "quanto":
-        return [
+        return lines + [
             "The weights are quantized with optimum-quanto; hfcompress restores them "
             "(`pip install 'hfcompress[quanto]'`):",
             "",
             *_hfcompress_load(repo, where, header=False),
         ]
-    lines = []
     if remote:
         lines += [
             "The pruned layers have per-layer shapes that no stock config describes, so the folder ships its "
-            "modeling code (`modeling_hfcompress_pruned.py`, needs only torch and transformers):",
+            "modeling code (`modeling_hfcompress_pruned.py`, needs only torch and transformers): the model "
+            "loads with `trust_remote_code=True`; the tokenizer has no custom code and needs no such flag:",
             "",
         ]
     use = {
@@ -362,12 +370,52 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
         "import torch",
         f"from transformers import {auto}, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{where}"{remote})',
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}"{tokenizer_remote})',
         f'model = {auto}.from_pretrained("{where}"{remote})',
         f'batch = tokenizer(["{text}"], padding=True, return_tensors="pt")',
         *use,
         "```",
     ]
+    return lines
+
+
+def _sentence_transformers_snippet(folder: Path, task: str, fmt_name: str, where: str, text: str) -> list[str]:
+    """For an output that is a sentence-transformers model (modules.json kept from the base): the
+    call its users already make, with the folder in place of the base model; first on the card."""
+    from .sentence_pipeline import loader_kwargs, modules
+
+    mods = modules(folder)
+    if mods is None or task != "feature-extraction" or fmt_name not in ("pytorch", "onnx"):
+        return []
+    kwargs = loader_kwargs(folder)
+    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    chain = " → ".join(str(m.get("type", "?")).rsplit(".", 1)[-1] for m in mods)
+    lines = [
+        f"A sentence-transformers model: the folder keeps the base model's pipeline ({chain}, from "
+        "`modules.json`), so existing code only changes the model path (`pip install sentence-transformers`):",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("{where}"{args})',
+        f'embeddings = model.encode(["{text}"])',
+        "```",
+        "",
+    ]
+    if kwargs.get("trust_remote_code"):
+        lines += [
+            "`trust_remote_code=True` is required: the pruned layers are built by the folder's own "
+            "`modeling_hfcompress_pruned.py` (needs only torch and transformers). Without it, transformers "
+            "builds the stock architecture and refuses the pruned weights (size mismatch).",
+            "",
+        ]
+    if kwargs.get("backend") == "onnx":
+        lines += [
+            "`backend=\"onnx\"` loads `onnx/model.onnx` through optimum-onnx's ONNX Runtime models "
+            "(`pip install \"sentence-transformers[onnx]\"`, which needs a transformers version optimum-onnx "
+            "supports); without optimum-onnx, use ONNX Runtime directly as below.",
+            "",
+        ]
     return lines
 
 

@@ -56,7 +56,8 @@ log = logging.getLogger("hfcompress.hub")
 T = TypeVar("T")
 
 REQUIRED_FILES = ("config.json", "README.md", "results.json", "hfcompress.yaml")
-WEIGHT_PATTERNS = ("*.safetensors", "*.onnx", "pytorch_model.bin", "model.safetensors.index.json")
+# onnx/*.onnx: sentence-transformers outputs keep their graph where that library's ONNX backend looks.
+WEIGHT_PATTERNS = ("*.safetensors", "*.onnx", "onnx/*.onnx", "pytorch_model.bin", "model.safetensors.index.json")
 # Never pushed: VCS data, the huggingface_hub local-dir cache, Python caches.
 SKIPPED_PARTS = (".git", ".cache", "__pycache__")
 # Hub-managed: the Hub writes it into every new repo; deleting it would turn LFS tracking off.
@@ -278,7 +279,7 @@ def verify_folder(folder: str | Path, timeout: float | None = None) -> dict[str,
 def weight_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every weight file in ``folder`` (paths relative to it), recorded at compression time."""
     hashes = {}
-    for file in sorted(p for pattern in WEIGHT_PATTERNS for p in folder.rglob(pattern) if p.is_file()):
+    for file in sorted({p for pattern in WEIGHT_PATTERNS for p in folder.rglob(pattern) if p.is_file()}):
         rel = file.relative_to(folder)
         if not any(part in SKIPPED_PARTS for part in rel.parts):
             hashes[rel.as_posix()] = LocalFile(rel.as_posix(), file, file.stat().st_size).sha256
@@ -360,6 +361,13 @@ def _verify_main(folder: Path) -> dict[str, Any]:
     else:
         reason = f"format {fmt!r} with loader {marker.get('loader')!r} needs hfcompress to load"
         checks.append({"loader": "plain", "status": "skipped", "reason": reason})
+    # A sentence-transformers output (or one whose base was: the embeddings were recorded) must also
+    # load and encode the way its users call it; see _plain_sentence_transformers.
+    if (folder / "modules.json").is_file() or "sentence_embeddings" in block:
+        if (why_not := _sentence_transformers_unavailable(fmt, task)) is not None:
+            checks.append({"loader": "sentence-transformers", "status": "skipped", "reason": why_not})
+        else:
+            compare("sentence-transformers", lambda: _plain_sentence_transformers(folder, str(task), block, atol))
     return {"checks": checks, "atol": atol, "atol_basis": basis, "texts": len(texts), "sequence_length": seq,
             "runtime": runtime_versions()}
 
@@ -439,16 +447,81 @@ def _plain_transformers(folder: Path, task: str, remote_code: bool) -> Any:
     return ModelState(model=model, tokenizer=tokenizer, task=task)
 
 
+def _sentence_transformers_unavailable(fmt: str, task: str | None) -> str | None:
+    """Why ``SentenceTransformer(folder)`` cannot be tried here, or None. These are limits of the
+    environment or of sentence-transformers, not of the folder: the check is skipped, not failed."""
+    if task != "feature-extraction":
+        return f"task {task!r}: sentence-transformers pipelines are checked for embedding models"
+    if fmt == "quanto":
+        return "sentence-transformers cannot load optimum-quanto weights (hfcompress.load restores them)"
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError as exc:
+        return f"sentence-transformers is not installed here ({exc})"
+    if fmt == "onnx":
+        try:  # what SentenceTransformer(..., backend="onnx") imports first
+            import optimum.onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return (f"sentence-transformers' ONNX backend needs optimum-onnx (optimum.onnxruntime), which does not "
+                    f"import here: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _plain_sentence_transformers(folder: Path, task: str, block: dict[str, Any], atol: float) -> Any:
+    """``SentenceTransformer(folder, ...)`` as its users load it (``trust_remote_code=True`` where the
+    folder ships modeling code, ``backend="onnx"`` for ONNX), checked two ways:
+
+    - ``encode`` runs the folder's whole pipeline (its pooling and normalization on the model); it
+      must match the sentence embeddings recorded at compression time, which are the *base* model's
+      pipeline applied to the compressed model (within ``atol``), else this raises and the check
+      fails: a missing modules.json or pooling config gives sentence-transformers' default pipeline;
+    - the Transformer module's token embeddings are returned as a model, so that ``compare`` checks
+      them (mean-pooled) against the recorded raw outputs like every other loader.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from .plugin import ModelState
+    from .sentence_pipeline import loader_kwargs
+
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, **loader_kwargs(folder))
+    texts, recorded = block["texts"], block.get("sentence_embeddings")
+    model.max_seq_length = block["sequence_length"]  # the truncation the recorded values saw
+    if recorded is not None:
+        got = [[float(x) for x in row[:64]] for row in model.encode(texts, batch_size=len(texts))]
+        diff = max((abs(a - b) for ra, rb in zip(got, recorded, strict=False) for a, b in zip(ra, rb, strict=False)),
+                   default=0.0) if [len(r) for r in got] == [len(r) for r in recorded] else float("inf")
+        if diff > atol:
+            raise ValueError(
+                f"SentenceTransformer(...).encode differs from the base model's pipeline on these weights "
+                f"(max |difference| {diff:.3g} > atol {atol:g}): the folder's modules.json, pooling or "
+                "normalization do not reproduce the base model's"
+            )
+    transformer = model[0]
+
+    class TokenEmbeddings:
+        """The Transformer module called like a transformers model."""
+
+        input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+        def __call__(self, **inputs: Any) -> Any:
+            out = transformer(dict(inputs))["token_embeddings"]
+            return type("Output", (), {"last_hidden_state": out})()
+
+    return ModelState(model=TokenEmbeddings(), tokenizer=model.tokenizer, task=task)
+
+
 def _plain_onnxruntime(folder: Path, task: str) -> Any:
     """The ONNX file through a bare ``onnxruntime.InferenceSession``, called like a transformers model."""
     import onnxruntime as ort
     import torch
 
+    from .artifact import find_onnx_file
     from .models import load_tokenizer
     from .plugin import ModelState
 
-    files = sorted(folder.glob("*.onnx"))
-    onnx_file = folder / "model.onnx" if (folder / "model.onnx").exists() else files[0]
+    onnx_file = find_onnx_file(folder)  # model.onnx, or onnx/model.onnx in a sentence-transformers folder
+    if onnx_file is None:
+        raise FileNotFoundError(f"{folder}: no model.onnx (nor onnx/model.onnx)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])

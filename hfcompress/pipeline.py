@@ -129,6 +129,9 @@ class Plan:
     splits: DataSplits
     id2label: dict[int, str] | None = None
     """Class names from the data for a classifier whose config has none; written to config.json."""
+    pipeline_dir: Path | None = None
+    """The base model's sentence-transformers pipeline files (modules.json, 1_Pooling/...), copied into
+    every folder written for a user; None for a plain transformers model."""
 
 
 def _label_mapping(config: Any, task: str, splits: DataSplits) -> dict[int, str] | None:
@@ -191,8 +194,10 @@ def plan(recipe: Recipe) -> Plan:
         except BadInputError as exc:
             raise BadInputError(f"steps[{i}] ({step.technique}): {exc}") from None
         fmt = technique.output_format(step.config)
+    from .sentence_pipeline import pipeline_folder
+
     return Plan(recipe=recipe, source=source, task=task, splits=splits,
-                id2label=_label_mapping(config, task, splits))
+                id2label=_label_mapping(config, task, splits), pipeline_dir=pipeline_folder(source))
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -354,7 +359,7 @@ def compress(
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_state(state, tmp)
+    save_state(state, tmp, pipeline_from=p.pipeline_dir)
     del state
     results = evaluate_and_record(p, tmp, accelerator, reports)
     resolved.dump(tmp / "hfcompress.yaml")
@@ -389,10 +394,11 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
 
     recipe = p.recipe
     settings = recipe.evaluate
-    base_dir = cache_dir("base", fingerprint([_model_fingerprint(p.source), p.task, __version__]))
+    with_pipeline = ["sentence-transformers pipeline"] if p.pipeline_dir is not None else []
+    base_dir = cache_dir("base", fingerprint([_model_fingerprint(p.source), p.task, __version__, *with_pipeline]))
     base = load_model(p.source, p.task)
     if not (base_dir / "config.json").exists():
-        save_state(base, base_dir)
+        save_state(base, base_dir, pipeline_from=p.pipeline_dir)  # measured with the same files as the output
     log.info("evaluating the base model on %d held-out samples", min(len(p.splits.eval), settings.max_samples))
     base_block, base_ctx = evaluate_state(base, p.splits.eval, settings, base_dir)
     compressed = load_state(artifact_dir)  # evaluate what is shipped, as it reloads
@@ -401,6 +407,15 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
     from .hub import record_verification
 
     verification = record_verification(compressed, artifact_dir, list(p.splits.eval["text"][:VERIFY_TEXTS]))
+    if p.pipeline_dir is not None:
+        from .sentence_pipeline import verification_embeddings
+
+        # The base pipeline (pooling, normalization) on the compressed model: what
+        # SentenceTransformer(DIR).encode must reproduce; the push verification checks it.
+        embeddings = verification_embeddings(compressed, verification["texts"], p.pipeline_dir,
+                                             verification["sequence_length"])
+        if embeddings is not None:
+            verification["sentence_embeddings"] = embeddings
     return {
         "hfcompress_version": __version__,
         "model": recipe.model,

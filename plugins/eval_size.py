@@ -65,7 +65,10 @@ def _onnx_parameters(folder: Path) -> int:
     import onnx
 
     total = 0
-    for path in folder.glob("*.onnx"):
+    # recursive: a sentence-transformers output keeps its graph in onnx/model.onnx
+    for path in model_files(folder):
+        if path.suffix != ".onnx":
+            continue
         graph = onnx.load(str(path), load_external_data=False).graph
         for init in graph.initializer:
             count = 1
@@ -98,7 +101,7 @@ class Size(Evaluator):
                 save_state(ctx.state, folder)
             size, weights = folder_bytes(folder)
             params = num_parameters(ctx.state.model)
-            if params == 0 and any(folder.glob("*.onnx")):
+            if params == 0 and any(p.suffix == ".onnx" for p in model_files(folder)):
                 params = _onnx_parameters(folder)
             result: dict[str, float] = {
                 "size_bytes": float(size),

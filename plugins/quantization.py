@@ -41,6 +41,7 @@ from pydantic import Field, model_validator
 from hfcompress.plugin import (
     TASKS,
     BadInputError,
+    GateFailedError,
     ModelState,
     ModelTarget,
     StepContext,
@@ -65,6 +66,10 @@ DEFAULT_DTYPE = {"quanto": "int8", "onnxruntime": "int8", "torch": "bf16"}
 # Formats only move forward; ``auto`` declares the furthest its candidates can reach.
 FORMAT_ORDER = ("pytorch", "quanto", "onnx")
 BACKEND_FORMAT = {"torch": "pytorch", "quanto": "quanto", "onnxruntime": "onnx"}
+
+# GPT-2-style models use transformers.pytorch_utils.Conv1D (a transposed Linear) for their
+# projections; quanto only swaps nn.Linear, so it would quantize nothing and its saver refuses.
+CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
 
 # What ``backend: auto`` may try, by name (also the names in ``candidates``).
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -138,6 +143,9 @@ class QuantizationConfig(TechniqueConfig):
     threads: int = Field(1, gt=0, le=1024)
     """auto: CPU threads while timing (PyTorch and ONNX Runtime alike)."""
     timing_batches: int = Field(5, gt=0, le=100)
+    if_none_pass: Literal["fail", "keep-input"] = "fail"
+    """auto: when no candidate passes, ``fail`` (exit 3, every candidate's measurements in the
+    message) or ``keep-input`` (the step returns its input unquantized, recorded in the changes)."""
     tie_margin: float = Field(0.1, ge=0.0, le=1.0)
     """auto: candidates whose median latency is within this fraction of the fastest count as tied,
     and the smallest artifact among them wins. Timing on a shared CPU moves by ~10%; without a
@@ -169,8 +177,8 @@ class QuantizationConfig(TechniqueConfig):
                     f"{', '.join(DTYPES[backend])}"
                     + (". For 4-bit weights use backend quanto" if self.dtype == "int4" else "")
                 )
-            if "candidates" in given:
-                raise ValueError("candidates is only used with backend auto")
+            if given & {"candidates", "if_none_pass"}:
+                raise ValueError(f"{', '.join(sorted(given & {'candidates', 'if_none_pass'}))}: only used with backend auto")
         if self.activations != "none" and backend not in ("quanto", "auto"):
             raise ValueError(f"activations is a quanto option; backend {backend!r} does not use it "
                              "(onnxruntime quantizes activations in both modes; torch casts them)")
@@ -189,7 +197,7 @@ class QuantizationConfig(TechniqueConfig):
 
     def for_candidate(self, name: str) -> QuantizationConfig:
         """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
-        values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode"})
+        values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode", "if_none_pass"})
         backend = CANDIDATES[name]["backend"]
         if backend == "torch":
             values.pop("exclude")
@@ -259,6 +267,12 @@ class Quantization(Technique[QuantizationConfig]):
                 "quanto": "add a `data:` section to the recipe, or set activations: none",
             }[config.backend]
             raise BadInputError(f"{where}: {why}, but the recipe has no data ({target.architecture}); {fix}.")
+        if config.backend == "quanto" and target.model_type in CONV1D_MODEL_TYPES:
+            raise BadInputError(
+                f"{where}: {target.architecture} ({target.model_type}) keeps its projections in transformers' "
+                "Conv1D layers, which optimum-quanto does not quantize (its reload then refuses the model). Use "
+                "backend onnxruntime (int8) or torch (bf16) for this model, or backend auto."
+            )
         if config.backend == "onnxruntime" and target.task == "text-generation":
             log.info("%s: causal LMs are exported logits-only, without a KV cache", where)
 
@@ -286,7 +300,7 @@ class Quantization(Technique[QuantizationConfig]):
         for name in _candidate_names(config, device.type):
             row: dict[str, Any] = {"candidate": name}
             measured[name] = row
-            reason = _unsupported_reason(name, device, ctx)
+            reason = _unsupported_reason(name, device, state)
             if reason:
                 row.update(status="skipped", reason=reason)
                 continue
@@ -330,9 +344,17 @@ class Quantization(Technique[QuantizationConfig]):
             if name != best:
                 shutil.rmtree(Path(ctx.work_dir) / name.replace(":", "-"), ignore_errors=True)
         if best is None:
-            log.warning("quantization auto: no candidate passed; the model is left unquantized")
-            changes.update(chosen=None, reason="no candidate passed the quality gate or built on this device")
-            return StepResult(state, changes)
+            if config.if_none_pass == "keep-input":
+                log.warning("quantization auto: no candidate passed; keeping the input model (if_none_pass: keep-input)")
+                changes.update(chosen=None, reason="no candidate passed the quality gate or built on this device")
+                return StepResult(state, changes)
+            rows = "; ".join(f"{r['candidate']}: {r['status']} ({r.get('reason') or r.get('fidelity')})"
+                             for r in measured.values())
+            raise GateFailedError(
+                f"quantization auto: no candidate passed, so nothing was quantized. Candidates: {rows}. Lower "
+                "min_cosine/min_agreement, list other candidates, or set if_none_pass: keep-input to keep the "
+                "unquantized model.", [f"quantization auto: {r['candidate']} {r['status']}" for r in measured.values()],
+            )
         changes["chosen"] = best
         chosen = passing[best]
         chosen.info.setdefault("quantization", {})["auto"] = {"chosen": best, "candidates": list(measured)}
@@ -353,22 +375,27 @@ class Quantization(Technique[QuantizationConfig]):
 
             from transformers import PretrainedConfig
 
+            from hfcompress.artifact import find_onnx_file
+
             from . import onnx_runtime
 
             # The generic config class: an ONNX folder needs no modeling code, even when the
             # PyTorch model had custom code (e.g. pruned heads).
             config = PretrainedConfig.from_dict(json.loads((path / "config.json").read_text()))
-            model = onnx_runtime.OnnxModel(path / onnx_runtime.ONNX_FILE, config, task)
+            onnx_file = find_onnx_file(path)  # model.onnx, or onnx/model.onnx in a sentence-transformers folder
+            if onnx_file is None:
+                raise BadInputError(f"{path}: config.json says format onnx, but the folder has no model.onnx")
+            model = onnx_runtime.OnnxModel(onnx_file, config, task)
             return ModelState(model, tokenizer, task, format="onnx", saver=_save_onnx, loader=cls.name,
                               info=state_info)
         if fmt == "quanto":
             qinfo = state_info.get("quantization", {})
-            wrapper_cls = _quanto_wrapper(task)
+            wrapper_cls = _pruned_quanto_wrapper(path)  # our own pruned-model classes: no remote code runs
             kwargs = {}
-            if _register_pruned_classes(path):
-                pass  # our own pruned-model classes are registered: no remote code runs
-            elif qinfo.get("trust_remote_code"):
-                kwargs["trust_remote_code"] = True
+            if wrapper_cls is None:
+                wrapper_cls = _quanto_wrapper(task)
+                if qinfo.get("trust_remote_code"):
+                    kwargs["trust_remote_code"] = True
             model = wrapper_cls.from_pretrained(str(path), **kwargs)._wrapped
             return ModelState(model, tokenizer, task, format="quanto", saver=_save_quanto, loader=cls.name,
                               info=state_info)
@@ -528,8 +555,10 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
                       loader=Quantization.name, info=_info(state, details)), details
 
 
-def _unsupported_reason(name: str, device: Any, ctx: StepContext) -> str | None:
+def _unsupported_reason(name: str, device: Any, state: ModelState) -> str | None:
     backend = CANDIDATES[name]["backend"]
+    if backend == "quanto" and getattr(state.config, "model_type", None) in CONV1D_MODEL_TYPES:
+        return "optimum-quanto does not quantize transformers' Conv1D layers (GPT-2 style models)"
     if backend == "onnxruntime" and device.type != "cpu":
         return f"the ONNX Runtime int8 kernels used here run on CPU; the target device is {device.type}"
     if name == "torch:bf16" and device.type == "cuda":
@@ -544,22 +573,31 @@ def _unsupported_reason(name: str, device: Any, ctx: StepContext) -> str | None:
 
 # -- saving and loading -------------------------------------------------------------------------
 def _save_onnx(state: ModelState, path: Path) -> None:
-    from . import onnx_runtime
+    from hfcompress.artifact import onnx_file_for
 
     src = Path(state.model.path)
-    dst = path / onnx_runtime.ONNX_FILE
+    # model.onnx, or onnx/model.onnx when save_state put a sentence-transformers pipeline here first
+    # (that backend's layout: SentenceTransformer(path, backend="onnx") loads it as is).
+    dst = onnx_file_for(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     if src.resolve() != dst.resolve():
         shutil.copyfile(src, dst)
     if state.model.config is not None:
-        state.model.config.save_pretrained(str(path))
-        # An ONNX folder carries no PyTorch modeling code: an auto_map left in config.json
-        # (head-pruned models) would point plain transformers at files that are not there.
         import json
 
+        state.model.config.save_pretrained(str(path))
         config_file = path / "config.json"
         data = json.loads(config_file.read_text())
-        if data.pop("auto_map", None) is not None:
-            config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        # An ONNX folder carries no PyTorch modeling code: an auto_map left in config.json
+        # (head-pruned models) would point plain transformers at files that are not there.
+        data.pop("auto_map", None)
+        # config.json must name a model_type transformers knows (AutoConfig, AutoTokenizer and
+        # sentence-transformers read it first). A config reloaded from an ONNX folder is the generic
+        # PretrainedConfig, which writes none; older pruned folders named the pruned classes' own type.
+        stock = str(data.get("model_type") or getattr(state.model.config, "model_type", "") or "")
+        if stock:
+            data["model_type"] = stock.removeprefix("hfcompress-pruned-")
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 _WRAPPERS: dict[str, Any] = {}
@@ -587,21 +625,38 @@ def _save_quanto(state: ModelState, path: Path) -> None:
         readme.unlink()
 
 
-def _register_pruned_classes(path: Path) -> bool:
-    """Register the head-pruning plugin's model classes when the folder holds a pruned model.
+def _pruned_quanto_wrapper(path: Path) -> Any:
+    """For a folder holding a head-pruned model, a quanto wrapper that rebuilds it with the
+    head-pruning plugin's own class (no remote code runs); None for any other folder.
 
-    quanto rebuilds the model with ``auto_class.from_config`` (no ``trust_remote_code``), so
-    the Auto classes must know the pruned config/model classes in this process.
+    quanto rebuilds the empty model as ``auto_class.from_config(AutoConfig.from_pretrained(path))``.
+    A pruned folder's config.json names the stock family as its model_type (so that tokenizers and
+    config readers need no remote code, see modeling_hfcompress_pruned), so AutoConfig returns the
+    stock config, from which an Auto class would build full-size layers. Here ``from_config`` builds
+    the class that ``architectures`` names, from its own config class.
     """
     import json
 
-    model_type = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
-    if not model_type.startswith("hfcompress-pruned-"):
-        return False
-    from hfcompress_plugins.modeling import modeling_hfcompress_pruned
+    data = json.loads((path / "config.json").read_text())
+    if "pruned_layout" not in data and not str(data.get("model_type", "")).startswith("hfcompress-pruned-"):
+        return None
+    from hfcompress_plugins.modeling import modeling_hfcompress_pruned as pruned_code
+    from optimum.quanto import QuantizedTransformersModel
 
-    modeling_hfcompress_pruned.register_auto_classes()
-    return True
+    pruned_code.register_auto_classes()  # folders written before the stock model_type name their own
+    arch = str((data.get("architectures") or [""])[0])
+    model_cls = getattr(pruned_code, arch, None)
+    if model_cls is None:
+        raise BadInputError(f"{path}: config.json names architecture {arch!r}, which the head-pruning plugin's "
+                            "modeling code does not define")
+    config = model_cls.config_class.from_pretrained(str(path))
+
+    class OwnClass:
+        @staticmethod
+        def from_config(stock_config: Any) -> Any:
+            return model_cls._from_config(config)
+
+    return type(f"Quantized{arch}", (QuantizedTransformersModel,), {"auto_class": OwnClass})
 
 
 # -- measuring ----------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ __all__ = [
     "make_tiny_bert",
     "make_tiny_llama",
     "make_tiny_models",
+    "make_tiny_sentence_transformer",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .conformance import ConformanceError, ConformanceReport, check_technique, make_tiny_models
-    from .models import make_tiny_bert, make_tiny_llama
+    from .models import make_tiny_bert, make_tiny_llama, make_tiny_sentence_transformer
 
 _LAZY = {
     "ConformanceError": "conformance",
@@ -38,6 +39,7 @@ _LAZY = {
     "make_tiny_models": "conformance",
     "make_tiny_bert": "models",
     "make_tiny_llama": "models",
+    "make_tiny_sentence_transformer": "models",
 }
 
 

@@ -47,3 +47,26 @@ def make_tiny_llama(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+def make_tiny_sentence_transformer(path: Path, normalize: bool = True, seed: int = 0) -> Path:
+    """The tiny BERT as a sentence-transformers model laid out like all-MiniLM-L6-v2's folder:
+    ``modules.json`` (Transformer, mean Pooling, and Normalize unless ``normalize`` is False),
+    ``1_Pooling/config.json``, ``sentence_bert_config.json``, ``config_sentence_transformers.json``
+    and no ``2_Normalize/`` folder (the Hub stores no empty folders; sentence-transformers loads it)."""
+    import json
+
+    folder = make_tiny_bert(path, seed=seed)
+    mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        mods.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(mods, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1", "pytorch": "1.8.1"}}))
+    return folder

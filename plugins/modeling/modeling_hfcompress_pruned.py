@@ -149,16 +149,37 @@ def apply_layout(model: nn.Module, family: str, layout: dict[str, Any]) -> None:
 def _make_config_class(family: str) -> type:
     prefix = FAMILIES[family]["prefix"]
     base = getattr(transformers, f"{prefix}Config")
-    return type(
-        f"Pruned{prefix}Config",
-        (base,),
-        {
-            "__module__": __name__,
-            "__doc__": f"{prefix}Config plus ``pruned_layout``: per-layer head and FFN-neuron counts.",
-            "model_type": f"hfcompress-pruned-{family}",
-            "_auto_class": "AutoConfig",
-        },
-    )
+
+    class PrunedConfig(base):  # type: ignore[misc,valid-type]
+        __doc__ = f"{prefix}Config plus ``pruned_layout``: per-layer head and FFN-neuron counts."
+        model_type = f"hfcompress-pruned-{family}"
+        _auto_class = "AutoConfig"
+
+        # In memory the class has its own model_type (registered with the Auto classes of this
+        # process); config.json names the stock family instead. Every transformers loader reads
+        # config.json first, the tokenizer's included (AutoTokenizer resolves the model config
+        # before it reads tokenizer_config.json), and an unknown model_type whose auto_map names
+        # a config class makes transformers ask "Do you wish to run the custom code? [y/N]". With
+        # the stock type, AutoTokenizer, AutoConfig, sentence-transformers' config reading and
+        # ONNX tools need no remote code; the model classes stay in architectures and auto_map,
+        # so the model itself still loads only with trust_remote_code=True.
+        def to_json_string(self, use_diff: bool = True) -> str:
+            import json
+
+            data = json.loads(super().to_json_string(use_diff))
+            data["model_type"] = family
+            return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+        @classmethod
+        def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+            config_dict, unused = super().get_config_dict(*args, **kwargs)
+            if config_dict.get("model_type") == family and LAYOUT_KEY in config_dict:
+                config_dict["model_type"] = cls.model_type  # no "model of type bert" warning on reload
+            return config_dict, unused
+
+    PrunedConfig.__name__ = PrunedConfig.__qualname__ = f"Pruned{prefix}Config"
+    PrunedConfig.__module__ = __name__
+    return PrunedConfig
 
 
 def _make_model_class(family: str, head: str, config_class: type) -> type:

@@ -345,10 +345,42 @@ def test_auto_measures_candidates_and_keeps_the_fastest_passing(tiny_bert_dir: P
         expected = min(tied, key=lambda r: (r["size_bytes"], r["latency_ms"]["median"]))["candidate"]
         assert result.changes["chosen"] == expected
         assert result.state.info["quantization"]["auto"]["chosen"] == expected
-    else:
-        assert result.changes["chosen"] is None and result.state is state
     assert result.changes["threads"] == 1 and result.changes["input_latency_ms"]["min"] > 0
     json.dumps(result.changes)  # JSON-able for results.json
+
+
+def test_auto_with_no_passing_candidate_fails_unless_told_to_keep_the_input(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from hfcompress.errors import GateFailedError
+
+    state = _load(tiny_bert_dir, "feature-extraction")
+    strict = dict(backend="auto", candidates=["torch:bf16", "quanto:int4"], min_cosine=1.0, timing_batches=1,
+                  calibration_samples=8)
+    with pytest.raises(GateFailedError, match="no candidate passed, so nothing was quantized") as err:
+        _technique().apply(state, _config(**strict), _ctx(tmp_path))
+    assert err.value.exit_code == 3
+    assert "torch:bf16: rejected (cosine" in str(err.value) and "quanto:int4: rejected" in str(err.value)
+    kept = _technique().apply(state, _config(**strict, if_none_pass="keep-input"), _ctx(tmp_path / "again"))
+    assert kept.state is state and kept.changes["chosen"] is None
+    assert {r["status"] for r in kept.changes["candidates"]} == {"rejected"}
+    with pytest.raises(ValueError, match="if_none_pass: only used with backend auto"):
+        _config(backend="torch", if_none_pass="keep-input")
+
+
+def test_quanto_refuses_gpt2_conv1d_models_and_auto_skips_it() -> None:
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config
+
+    from hfcompress_plugins.quantization import _unsupported_reason
+
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"])
+    target = ModelTarget(config=config, task="text-generation", has_data=True)
+    with pytest.raises(BadInputError, match="Conv1D layers, which optimum-quanto does not quantize"):
+        _technique().check(_config(backend="quanto"), target)
+    _technique().check(_config(backend="onnxruntime"), target)  # the other backends accept it
+    state = SimpleNamespace(config=config)
+    assert "Conv1D" in (_unsupported_reason("quanto:int8", SimpleNamespace(type="cpu"), state) or "")
+    assert _unsupported_reason("torch:bf16", SimpleNamespace(type="cpu"), state) is None
 
 
 # -- after head-pruning (custom modeling code for pruned BERT) --------------------------------
