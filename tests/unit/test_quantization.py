@@ -369,9 +369,8 @@ def test_auto_with_no_passing_candidate_fails_unless_told_to_keep_the_input(tiny
 def test_quanto_refuses_gpt2_conv1d_models_and_auto_skips_it() -> None:
     from types import SimpleNamespace
 
-    from transformers import GPT2Config
-
     from hfcompress_plugins.quantization import _unsupported_reason
+    from transformers import GPT2Config
 
     config = GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"])
     target = ModelTarget(config=config, task="text-generation", has_data=True)
