@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = HeadPruningConfig(importance=importance, scope=args.scope,
                                     calibration_samples=args.calibration_samples, **fields)
             fresh = load_model(source, "feature-extraction")
-            start = time.perf_counter()
+            began = time.perf_counter()
             result = HeadPruning().apply(fresh, cfg, ctx)
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - began
             emb = mean_pooled(result.state.model, fid_batches)
             cos = torch.nn.functional.cosine_similarity(emb, base_emb, dim=-1)
             key = f"{label} / {importance}"
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 model(**timing_batch)
         for _ in range(args.repeats):
             for key, model in models.items():
-                start = time.perf_counter()
+                began = time.perf_counter()
                 model(**timing_batch)
-                samples[key].append((time.perf_counter() - start) * 1000)
+                samples[key].append((time.perf_counter() - began) * 1000)
     base_ms = statistics.median(samples["unpruned"])
     for row in rows:
         ms = statistics.median(samples[f"{row['setting']} / {row['importance']}"])

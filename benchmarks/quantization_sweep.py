@@ -190,7 +190,7 @@ def main() -> None:
                 state = ModelState(onnx_runtime.OnnxModel(folder / "model.onnx", base.model.config, task),
                                    base.tokenizer, task, format="onnx")
             else:
-                config = QuantizationConfig.model_validate({**cfg, "calibration_samples": args.calibration})
+                config = QuantizationConfig.model_validate({**(cfg or {}), "calibration_samples": args.calibration})
                 ctx = StepContext(teacher=fresh, train_data=splits.train, accelerator=Accelerator(cpu=device.type == "cpu"),
                                   seed=0, work_dir=scratch / f"{name}-work")
                 result = Quantization().apply(fresh(), config, ctx)

@@ -1,4 +1,4 @@
-"""Exceptions that map to the CLI's exit codes (see DESIGN.md: 2 bad input, 3 gate failed)."""
+"""Exceptions that map to the CLI's exit codes (docs/contract.md: 2 bad input, 3 gate failed)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ __all__ = [
     "round_value",
 ]
 
-# These three are lifted out of ``metrics`` to the top of a results.json block (DESIGN.md); their
+# These three are lifted out of ``metrics`` to the top of a results.json block (docs/contract.md); their
 # labels and directions come from the evaluators that declare them (size, speed) like any other.
 TOP_LEVEL = ("size_bytes", "num_parameters", "latency_ms")
 

@@ -7,7 +7,7 @@ Results: ``latency_ms`` (median per batch), ``latency_p95_ms``, ``throughput_sam
 ``speed_sequence_length``, ``speed_threads``, ``speed_warmup``, ``speed_repeats``), so
 results.json records them in each block's ``settings``, apart from the measurements.
 
-The thread count matters more than anything else on small CPUs (DESIGN.md: a MiniLM forward
+The thread count matters more than anything else on small CPUs (measured: a MiniLM forward
 took 1,070 ms with 2 threads vs 220 ms with 1 on the 2-core CI machines), so PyTorch is pinned
 by the runner and an ONNX Runtime model is pinned through its ``set_num_threads``.
 

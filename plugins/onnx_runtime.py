@@ -3,7 +3,7 @@ that makes an ``InferenceSession`` callable like a transformers model.
 
 This is the one place that does what optimum-onnx's ``ORTModel`` / ``ORTOptimizer`` /
 ``ORTQuantizer`` would do. optimum-onnx 0.1.0 pins transformers < 4.58 and fails to import on
-transformers 5 (see DESIGN.md), so this module uses ``torch.onnx.export`` and onnxruntime's own
+transformers 5 (checked with optimum-onnx 0.1.0), so this module uses ``torch.onnx.export`` and onnxruntime's own
 APIs; once optimum-onnx supports transformers 5, only this module needs to change.
 
 Decisions (each measured or forced, see docs/techniques/quantization.md):

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests run offline and single-threaded (2-core CI machines; see DESIGN.md)."""
+"""Shared fixtures. Tests run offline and single-threaded (2-core CI machines: PyTorch with 2 threads there is erratic)."""
 
 from __future__ import annotations
 

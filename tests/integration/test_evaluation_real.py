@@ -38,7 +38,7 @@ def test_minilm_against_itself_and_bf16(movie: Any) -> None:
     same, _ = evaluate_state(base, movie.eval, settings, reference=base_ctx)
     assert same["metrics"]["fidelity_cosine_min"] == pytest.approx(1.0, abs=1e-6)
     bf16, _ = evaluate_state(_bf16_copy(base), movie.eval, settings, reference=base_ctx)
-    # DESIGN.md measured 0.99994 for a bf16 MiniLM: close, but not identical
+    # measured 0.99994 for a bf16 MiniLM: close, but not identical
     assert 0.999 < bf16["metrics"]["fidelity_cosine_mean"] < 1.0
     assert abs(bf16["metrics"]["probe_accuracy"] - base_block["metrics"]["probe_accuracy"]) <= 0.03
 
