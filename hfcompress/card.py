@@ -309,15 +309,19 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
     remote = ", trust_remote_code=True" if config.get("auto_map") else ""
     tokenizer_remote = remote if str(config.get("model_type", "")).startswith("hfcompress-pruned-") else ""
     from .artifact import find_onnx_file
+    from .sentence_pipeline import modules
 
     onnx_file = find_onnx_file(folder)
     lines = _sentence_transformers_snippet(folder, task, fmt_name, where, text)
+    # a sentence-transformers pipeline that normalizes: the plain snippets say so too
+    normalize = any("Normalize" in str(m.get("type")) for m in modules(folder) or [])
     if fmt_name == "onnx" or onnx_file is not None:
         rel = onnx_file.relative_to(folder).as_posix() if onnx_file is not None else "model.onnx"
         fetch = f'hf_hub_download("{repo}", "{rel}")' if repo else f'"{where}/{rel}"'
         imports = "from huggingface_hub import hf_hub_download\n" if repo else ""
         out = "last_hidden_state" if task == "feature-extraction" else "logits"
         note = "  # mean-pool it with the attention mask" if task == "feature-extraction" else ""
+        note += ", then L2-normalize (the pipeline's Normalize)" if note and normalize else ""
         # A bare session computes exactly what was evaluated: no load-time options to remember.
         session = f"ort.InferenceSession({fetch})"
         return lines + [
@@ -355,6 +359,8 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
             "    hidden = model(**batch).last_hidden_state",
             'mask = batch["attention_mask"].unsqueeze(-1).float()',
             "embeddings = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling",
+            *(["embeddings = torch.nn.functional.normalize(embeddings, dim=-1)  # the pipeline's Normalize"]
+              if normalize else []),
         ],
         "text-classification": [
             "with torch.no_grad():",
@@ -388,7 +394,7 @@ def _sentence_transformers_snippet(folder: Path, task: str, fmt_name: str, where
     if mods is None or task != "feature-extraction" or fmt_name not in ("pytorch", "onnx"):
         return []
     kwargs = loader_kwargs(folder)
-    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    args = "".join(f", {k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in kwargs.items())
     chain = " → ".join(str(m.get("type", "?")).rsplit(".", 1)[-1] for m in mods)
     lines = [
         f"A sentence-transformers model: the folder keeps the base model's pipeline ({chain}, from "

@@ -98,13 +98,17 @@ def pipeline_folder(source: ModelSource) -> Path | None:
 
 def _download_pipeline(source: ModelSource) -> Path | None:
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         modules_file = Path(hf_hub_download(source.path, MODULES_FILE, revision=source.revision))
-    except EntryNotFoundError:
-        return None  # a plain transformers model
-    except Exception as exc:  # offline without it in the cache, a network error...
+    except EntryNotFoundError as exc:
+        if not isinstance(exc, LocalEntryNotFoundError):
+            return None  # the Hub says the repo has no modules.json: a plain transformers model
+        log.warning("%s: %s is not in the local Hugging Face cache and the Hub cannot be reached; if this is "
+                    "a sentence-transformers model, the output will lack its pipeline files", source.name, MODULES_FILE)
+        return None
+    except Exception as exc:  # a network error, a gated repo...
         log.warning("%s: could not fetch %s (%s: %s); if this is a sentence-transformers model, the output "
                     "will lack its pipeline files", source.name, MODULES_FILE, type(exc).__name__, exc)
         return None

@@ -27,7 +27,9 @@ stock config fields (``num_attention_heads``, ``num_key_value_heads``, ``head_di
 head size from ``hidden_size / num_attention_heads``, so pruned heads never fit its stock config)
 is saved with ``modeling_hfcompress_pruned.py`` and an ``auto_map`` in the folder:
 ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works where hfcompress is not
-installed, and ``hfcompress.load(folder)`` works without ``trust_remote_code``. The removed heads and
+installed, and ``hfcompress.load(folder)`` works without ``trust_remote_code``. ``config.json`` names
+the stock family as ``model_type``, so the tokenizer (no custom code) loads with plain
+``AutoTokenizer.from_pretrained(folder)``, without a "run the custom code?" prompt. The removed heads and
 neurons (original indices per layer) are recorded in ``config.json``
 (``hfcompress_removed_heads``, ``hfcompress_removed_kv_heads``, ``hfcompress_removed_neurons``).
 """

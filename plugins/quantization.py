@@ -7,7 +7,11 @@ Backends:
   calibrated on the recipe's training data; modules matching ``exclude`` patterns stay float.
 - ``onnxruntime``: ONNX export (logits-only, no KV cache, for causal LMs), ONNX Runtime's
   transformer fusions where they measure faster, then dynamic int8 (default) or static int8
-  calibrated on data. The output folder holds ``model.onnx`` and runs in plain onnxruntime.
+  calibrated on data. The output folder holds ``model.onnx`` (``onnx/model.onnx`` for a
+  sentence-transformers model, where its ONNX backend looks) and runs in plain onnxruntime.
+- ``onnxruntime-genai`` (causal LMs only): onnxruntime-genai's model builder, weight-only int4 or
+  int8 (default) with a KV cache; the folder holds ``model.onnx`` + ``genai_config.json`` and
+  generates with ``onnxruntime_genai`` alone (see ``genai_runtime``).
 - ``auto``: builds the candidates the target device supports, drops those whose outputs on
   calibration data drift from the input model (cosine < ``min_cosine``, or top-1 agreement <
   ``min_agreement`` for logits), times the rest on real batches with fixed threads, keeps the
@@ -23,6 +27,7 @@ Examples::
       - quantization: {backend: quanto, dtype: int4, exclude: [lm_head]}
       - quantization: {backend: quanto, dtype: int8, activations: int8}
       - quantization: {backend: torch, dtype: bf16}
+      - quantization: {backend: onnxruntime-genai, dtype: int4}   # causal LMs: KV cache, int4 weights
       - quantization: {backend: auto, candidates: [torch:bf16, onnxruntime:int8-dynamic], min_cosine: 0.99}
 """
 
@@ -56,16 +61,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "quanto", "onnxruntime", "torch"]
+Backend = Literal["auto", "quanto", "onnxruntime", "torch", "onnxruntime-genai"]
 DTYPES: dict[str, tuple[str, ...]] = {
     "quanto": ("int8", "int4", "fp8"),
     "onnxruntime": ("int8",),
     "torch": ("bf16", "fp16"),
+    "onnxruntime-genai": ("int4", "int8"),  # the builder's -p choices for CPU (besides fp32)
 }
-DEFAULT_DTYPE = {"quanto": "int8", "onnxruntime": "int8", "torch": "bf16"}
+DEFAULT_DTYPE = {"quanto": "int8", "onnxruntime": "int8", "torch": "bf16", "onnxruntime-genai": "int8"}
 # Formats only move forward; ``auto`` declares the furthest its candidates can reach.
-FORMAT_ORDER = ("pytorch", "quanto", "onnx")
-BACKEND_FORMAT = {"torch": "pytorch", "quanto": "quanto", "onnxruntime": "onnx"}
+FORMAT_ORDER = ("pytorch", "quanto", "onnx", "onnx-genai")
+BACKEND_FORMAT = {"torch": "pytorch", "quanto": "quanto", "onnxruntime": "onnx", "onnxruntime-genai": "onnx-genai"}
 
 # GPT-2-style models use transformers.pytorch_utils.Conv1D (a transposed Linear) for their
 # projections; quanto only swaps nn.Linear, so it would quantize nothing and its saver refuses.
@@ -81,6 +87,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "quanto:int4": {"backend": "quanto", "dtype": "int4"},
     "quanto:fp8": {"backend": "quanto", "dtype": "fp8"},
     "quanto:int8-a8": {"backend": "quanto", "dtype": "int8", "activations": "int8"},
+    # causal LMs only; not in DEFAULT_CANDIDATES yet
+    "onnxruntime-genai:int4": {"backend": "onnxruntime-genai", "dtype": "int4"},
+    "onnxruntime-genai:int8": {"backend": "onnxruntime-genai", "dtype": "int8"},
 }
 # fp16 matmuls on CPU are emulated (slow); ONNX Runtime int8 and quanto kernels target CPU/CUDA resp.
 DEFAULT_CANDIDATES = {
@@ -104,10 +113,10 @@ FALLBACK_TEXTS = [
 
 class QuantizationConfig(TechniqueConfig):
     backend: Backend = "auto"
-    """auto (measure and choose), quanto, onnxruntime or torch."""
+    """auto (measure and choose), quanto, onnxruntime, torch or onnxruntime-genai (causal LMs)."""
     dtype: Literal["int8", "int4", "fp8", "bf16", "fp16"] | None = None
     """Weight type. quanto: int8 | int4 | fp8 (default int8); onnxruntime: int8; torch: bf16 | fp16
-    (default bf16). Not used with auto (see ``candidates``)."""
+    (default bf16); onnxruntime-genai: int4 | int8 (default int8). Not used with auto (see ``candidates``)."""
     activations: Literal["none", "int8", "fp8"] = "none"
     """quanto only: also quantize activations, with ranges calibrated on the training data."""
     exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
@@ -141,7 +150,8 @@ class QuantizationConfig(TechniqueConfig):
     min_agreement: float = Field(0.9, ge=0.0, le=1.0)
     """auto: for logits (classification / causal LM), minimum top-1 agreement with the input model."""
     threads: int = Field(1, gt=0, le=1024)
-    """auto: CPU threads while timing (PyTorch and ONNX Runtime alike)."""
+    """auto: CPU threads while timing (PyTorch and ONNX Runtime alike); onnxruntime-genai: the
+    ``intra_op_num_threads`` written into genai_config.json."""
     timing_batches: int = Field(5, gt=0, le=100)
     if_none_pass: Literal["fail", "keep-input"] = "fail"
     """auto: when no candidate passes, ``fail`` (exit 3, every candidate's measurements in the
@@ -175,7 +185,8 @@ class QuantizationConfig(TechniqueConfig):
                 raise ValueError(
                     f"dtype {self.dtype!r} is not supported by backend {backend!r}; allowed: "
                     f"{', '.join(DTYPES[backend])}"
-                    + (". For 4-bit weights use backend quanto" if self.dtype == "int4" else "")
+                    + (". For 4-bit weights use backend quanto, or onnxruntime-genai for causal LMs"
+                       if self.dtype == "int4" else "")
                 )
             if given & {"candidates", "if_none_pass"}:
                 raise ValueError(f"{', '.join(sorted(given & {'candidates', 'if_none_pass'}))}: only used with backend auto")
@@ -183,10 +194,13 @@ class QuantizationConfig(TechniqueConfig):
             raise ValueError(f"activations is a quanto option; backend {backend!r} does not use it "
                              "(onnxruntime quantizes activations in both modes; torch casts them)")
         onnx_only = {"mode", "calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"}
-        if backend in ("quanto", "torch") and given & onnx_only:
+        if backend in ("quanto", "torch", "onnxruntime-genai") and given & onnx_only:
             raise ValueError(f"{', '.join(sorted(given & onnx_only))}: onnxruntime options; backend is {backend!r}")
         if backend == "torch" and "exclude" in given:
             raise ValueError("exclude is a quanto/onnxruntime option; backend torch casts every layer")
+        if backend == "onnxruntime-genai" and "exclude" in given:
+            raise ValueError("exclude is a quanto/onnxruntime option; backend onnxruntime-genai quantizes every "
+                             "MatMul the model builder emits (lm_head included)")
         bad_ops = [op for op in self.op_types or [] if op not in OP_TYPES]
         if bad_ops:
             raise ValueError(f"op_types: unknown {bad_ops}; allowed: {', '.join(OP_TYPES)}")
@@ -199,7 +213,7 @@ class QuantizationConfig(TechniqueConfig):
         """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
         values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode", "if_none_pass"})
         backend = CANDIDATES[name]["backend"]
-        if backend == "torch":
+        if backend in ("torch", "onnxruntime-genai"):
             values.pop("exclude")
         if backend != "onnxruntime":
             for key in ("calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"):
@@ -234,7 +248,7 @@ class Quantization(Technique[QuantizationConfig]):
     summary = "int8/int4/fp8 (quanto), int8 ONNX Runtime, bf16/fp16 casts, or auto: measured choice"
     Config = QuantizationConfig
     accepts_formats = ("pytorch",)
-    produces_formats = ("pytorch", "quanto", "onnx")  # BACKEND_FORMAT's values: torch casts, quanto, ONNX Runtime
+    produces_formats = ("pytorch", "quanto", "onnx", "onnx-genai")  # BACKEND_FORMAT's values
 
     def output_format(self, config: QuantizationConfig) -> str:
         if config.backend != "auto":
@@ -275,6 +289,16 @@ class Quantization(Technique[QuantizationConfig]):
             )
         if config.backend == "onnxruntime" and target.task == "text-generation":
             log.info("%s: causal LMs are exported logits-only, without a KV cache", where)
+        if config.backend == "onnxruntime-genai":
+            from .genai_runtime import unsupported_reason
+
+            if target.task != "text-generation":
+                raise BadInputError(f"{where}: builds causal LMs (task text-generation) only; the task is "
+                                    f"{target.task!r}. Use backend onnxruntime, quanto or torch for this model.")
+            reason = unsupported_reason(target.config)
+            if reason:
+                raise BadInputError(f"{where}: {target.architecture} ({target.model_type}): {reason}. Use backend "
+                                    "onnxruntime, quanto or torch for this model.")
 
     # -- apply -----------------------------------------------------------------------------
     def apply(self, state: ModelState, config: QuantizationConfig, ctx: StepContext) -> StepResult:
@@ -399,7 +423,16 @@ class Quantization(Technique[QuantizationConfig]):
             model = wrapper_cls.from_pretrained(str(path), **kwargs)._wrapped
             return ModelState(model, tokenizer, task, format="quanto", saver=_save_quanto, loader=cls.name,
                               info=state_info)
-        raise BadInputError(f"{path}: quantization cannot load format {fmt!r}; it writes 'onnx' and 'quanto' folders")
+        if fmt == "onnx-genai":
+            from transformers import AutoConfig
+
+            from .genai_runtime import GenaiModel
+
+            genai = GenaiModel(path, AutoConfig.from_pretrained(str(path)))
+            return ModelState(genai, tokenizer, task, format="onnx-genai", saver=_save_genai, loader=cls.name,
+                              info=state_info)
+        raise BadInputError(f"{path}: quantization cannot load format {fmt!r}; it writes 'onnx', 'onnx-genai' and "
+                            "'quanto' folders")
 
 
 # -- building one quantized model ---------------------------------------------------------------
@@ -409,6 +442,8 @@ def _build(state: ModelState, config: QuantizationConfig, ctx: StepContext, text
         return _build_torch(state, config, copy_model)
     if config.backend == "quanto":
         return _build_quanto(state, config, texts, copy_model)
+    if config.backend == "onnxruntime-genai":
+        return _build_genai(state, config, work_dir)
     return _build_onnx(state, config, texts, work_dir)
 
 
@@ -555,8 +590,25 @@ def _build_onnx(state: ModelState, config: QuantizationConfig, texts: list[str],
                       loader=Quantization.name, info=_info(state, details)), details
 
 
+def _build_genai(state: ModelState, config: QuantizationConfig, work_dir: Path) -> tuple[ModelState, dict[str, Any]]:
+    from .genai_runtime import GenaiModel, build
+
+    folder, details = build(state.model, state.tokenizer, config.resolved_dtype(), work_dir, config.threads)
+    model = GenaiModel(folder, state.model.config)
+    return ModelState(model, state.tokenizer, state.task, format="onnx-genai", saver=_save_genai,
+                      loader=Quantization.name, info=_info(state, details)), details
+
+
 def _unsupported_reason(name: str, device: Any, state: ModelState) -> str | None:
     backend = CANDIDATES[name]["backend"]
+    if backend == "onnxruntime-genai":
+        from .genai_runtime import unsupported_reason
+
+        if state.task != "text-generation":
+            return f"onnxruntime-genai builds causal LMs only; the task is {state.task!r}"
+        if device.type != "cpu":
+            return f"the onnxruntime-genai build here targets CPU; the target device is {device.type}"
+        return unsupported_reason(state.config)
     if backend == "quanto" and getattr(state.config, "model_type", None) in CONV1D_MODEL_TYPES:
         return "optimum-quanto does not quantize transformers' Conv1D layers (GPT-2 style models)"
     if backend == "onnxruntime" and device.type != "cpu":
@@ -597,6 +649,20 @@ def _save_onnx(state: ModelState, path: Path) -> None:
         stock = str(data.get("model_type") or getattr(state.model.config, "model_type", "") or "")
         if stock:
             data["model_type"] = stock.removeprefix("hfcompress-pruned-")
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _save_genai(state: ModelState, path: Path) -> None:
+    import json
+
+    from .genai_runtime import copy_folder
+
+    copy_folder(Path(state.model.path), path)  # model.onnx, model.onnx.data, genai_config.json
+    if state.model.config is not None:
+        state.model.config.save_pretrained(str(path))
+        config_file = path / "config.json"
+        data = json.loads(config_file.read_text())
+        data.pop("auto_map", None)  # no PyTorch modeling code in this folder
         config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -649,12 +715,13 @@ def _pruned_quanto_wrapper(path: Path) -> Any:
     if model_cls is None:
         raise BadInputError(f"{path}: config.json names architecture {arch!r}, which the head-pruning plugin's "
                             "modeling code does not define")
-    config = model_cls.config_class.from_pretrained(str(path))
+    pruned_cls: Any = model_cls
+    config = pruned_cls.config_class.from_pretrained(str(path))
 
     class OwnClass:
         @staticmethod
         def from_config(stock_config: Any) -> Any:
-            return model_cls._from_config(config)
+            return pruned_cls._from_config(config)
 
     return type(f"Quantized{arch}", (QuantizedTransformersModel,), {"auto_class": OwnClass})
 

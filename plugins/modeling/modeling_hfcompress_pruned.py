@@ -17,7 +17,9 @@ smaller ones of the shapes listed in ``config.pruned_layout``::
 (``num_key_value_heads`` only for decoders). Everything else, forward passes included, is the stock
 transformers code, so outputs match the model that was pruned in memory exactly. Which heads and
 neurons were removed (original indices) is recorded in ``config.hfcompress_removed_heads`` and
-``config.hfcompress_removed_neurons``.
+``config.hfcompress_removed_neurons``. ``config.json`` names the stock family (``"model_type": "bert"``)
+and these classes in ``architectures``/``auto_map``: readers of the config alone (tokenizers,
+sentence-transformers, ONNX tools) need no remote code; the model needs ``trust_remote_code=True``.
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ def test_pip_installed_plugin_is_listed_under_its_distribution(plugin_python: Pa
         "distribution": DISTRIBUTION,
         "version": "0.1.0",
         "summary": "remove whole transformer layers, by index or the least important by block influence (BERT, Llama)",
+        "accepts_formats": ["pytorch"],
+        "produces_formats": ["pytorch"],
+        "conflict": False,
     }
     assert rows["quantization"]["distribution"] == "hfcompress"  # built-ins are listed the same way
     assert listing["broken"] == []

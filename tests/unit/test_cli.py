@@ -45,7 +45,7 @@ def test_plugins_json_lists_builtins_with_distribution() -> None:
     formats = {name: (techniques[name]["accepts_formats"], techniques[name]["produces_formats"])
                for name in ("head-pruning", "distillation", "quantization")}
     assert formats == {"head-pruning": (["pytorch"], ["pytorch"]), "distillation": (["pytorch"], ["pytorch"]),
-                       "quantization": (["pytorch"], ["pytorch", "quanto", "onnx"])}
+                       "quantization": (["pytorch"], ["pytorch", "quanto", "onnx", "onnx-genai"])}
 
 
 def test_misspelled_field_exits_2_and_writes_nothing(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_plugins_lists_broken_and_conflicting_plugins(mistakes: Path) -> None:
     assert all("CONFLICT" in line for line in lines.values())
     assert any(line.split()[:2] == ["healthy", "hfcompress-healthy"] for line in proc.stdout.splitlines())
     quantization = next(line for line in proc.stdout.splitlines() if line.startswith("  quantization "))
-    assert quantization.endswith("[pytorch -> pytorch, quanto, onnx]")
+    assert quantization.endswith("[pytorch -> pytorch, quanto, onnx, onnx-genai]")
 
     data = json.loads(run("plugins", "--json", env=env).stdout)
     assert {row["name"] for row in data["broken"]} == {"typo", "oops"}

@@ -482,6 +482,45 @@ def test_non_uniform_llama_loads_without_hfcompress(tmp_path: Path) -> None:
     assert (logits - _out(result.state, inputs)).abs().max().item() <= 1e-5
 
 
+PLAIN_TOKENIZER = BLOCK_HFCOMPRESS + r"""
+from transformers import AutoConfig, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+print("TOKENIZER", type(tokenizer).__name__, tokenizer("a fine film")["input_ids"])
+print("CONFIG", AutoConfig.from_pretrained(sys.argv[1]).model_type)
+"""
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_pruned_folder_tokenizer_loads_with_plain_auto_tokenizer_and_no_prompt(family: str, tmp_path: Path) -> None:
+    """The tokenizer has no custom code: plain AutoTokenizer.from_pretrained(DIR), no trust_remote_code,
+    no "Do you wish to run the custom code? [y/N]" (AutoTokenizer reads config.json first, whose
+    model_type is the stock family's), with stdin closed as in CI. The model keeps needing
+    trust_remote_code (run_without_hfcompress above)."""
+    if family == "bert":
+        state = _load(make_tiny_bert(tmp_path / "src"), "feature-extraction")
+        cfg = HeadPruningConfig(heads_to_remove=[1, 2], importance="magnitude")
+    else:
+        state = _load(make_wide_llama(tmp_path / "src"), "text-generation")
+        cfg = HeadPruningConfig(heads_to_remove=[4, 0, 4], gqa="kv-groups", importance="magnitude")
+    result = HeadPruning().apply(state, cfg, _ctx(tmp_path))
+    save_state(result.state, tmp_path / "out")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", PLAIN_TOKENIZER, str(tmp_path / "out")], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=env, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "custom code" not in output and "trust_remote_code" not in output, output[-3000:]
+    ids = state.tokenizer("a fine film")["input_ids"]
+    assert f"TOKENIZER {type(state.tokenizer).__name__} {ids}" in proc.stdout
+    assert f"CONFIG {family}" in proc.stdout
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == family and "AutoTokenizer" not in config["auto_map"]
+    # in this process (pruned classes registered) and through hfcompress, nothing else changes
+    reloaded = load_state(tmp_path / "out")
+    assert type(reloaded.model).__name__ == type(result.state.model).__name__
+    assert reloaded.model.config.model_type == f"hfcompress-pruned-{family}"
+
+
 class KeywordCall(torch.nn.Module):
     """torch.onnx.export passes positional inputs; transformers 5 models want keyword arguments."""
 
