@@ -247,7 +247,7 @@ def _run_steps(p: Plan, state: ModelState, accelerator: Any, use_cache: bool) ->
         work_dir = cache_dir("work", key)
         ctx = StepContext(
             teacher=teacher, train_data=p.splits.train, accelerator=accelerator, seed=recipe.seed,
-            work_dir=work_dir, step_index=i, model_id=recipe.model,
+            work_dir=work_dir,
         )
         start = time.perf_counter()
         try:

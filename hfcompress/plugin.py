@@ -11,7 +11,7 @@ breaking changes are announced in the changelog.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -25,7 +25,36 @@ if TYPE_CHECKING:  # pragma: no cover
     import datasets
     from accelerate import Accelerator
 
+    from .artifact import find_onnx_file, load_state, onnx_file_for, save_state
+    from .cache import cache_dir
+    from .evaluation import collect_outputs, load_metric
+    from .models import AUTO_CLASSES, load_config, load_model, load_tokenizer, num_parameters, resolve_model
+    from .runner import fixed_threads, forward, model_device, reduce_output, tokenize
+
+# Helpers a plugin legitimately needs, by the module that defines them. They are resolved on first
+# use (PEP 562 ``__getattr__`` below): those modules import this one for its types, and several
+# import torch lazily, so importing them here would both loop and slow down `hfcompress plugins`.
+HELPERS = {
+    "tokenize": "runner", "forward": "runner", "reduce_output": "runner", "model_device": "runner",
+    "fixed_threads": "runner",
+    "load_tokenizer": "models", "load_model": "models", "load_config": "models", "resolve_model": "models",
+    "num_parameters": "models", "AUTO_CLASSES": "models",
+    "save_state": "artifact", "load_state": "artifact", "find_onnx_file": "artifact", "onnx_file_for": "artifact",
+    "collect_outputs": "evaluation", "load_metric": "evaluation",
+    "cache_dir": "cache",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in HELPERS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{HELPERS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "AUTO_CLASSES",
     "TASKS",
     "BadInputError",
     "DataSource",
@@ -41,10 +70,26 @@ __all__ = [
     "StepResult",
     "Technique",
     "TechniqueConfig",
+    "cache_dir",
+    "collect_outputs",
+    "find_onnx_file",
+    "fixed_threads",
+    "forward",
     "hookimpl",
+    "load_config",
+    "load_metric",
+    "load_model",
+    "load_state",
+    "load_tokenizer",
+    "model_device",
+    "num_parameters",
+    "onnx_file_for",
+    "reduce_output",
+    "resolve_model",
+    "save_state",
+    "tokenize",
 ]
 
-Task = Literal["feature-extraction", "text-classification", "text-generation"]
 TASKS: tuple[str, ...] = ("feature-extraction", "text-classification", "text-generation")
 
 
@@ -116,8 +161,6 @@ class StepContext:
     seed: int
     work_dir: Path
     """Scratch space for this step (checkpoints, exports); never pushed."""
-    step_index: int = 0
-    model_id: str = ""
 
     @property
     def device(self) -> Any:
@@ -200,12 +243,6 @@ class EvalContext:
     @property
     def is_base(self) -> bool:
         return self.reference is None
-
-    def batches(self) -> Iterator[dict[str, Any]]:
-        """Tokenized evaluation batches (padded to ``sequence_length``), the same for every model."""
-        from .runner import eval_batches
-
-        return eval_batches(self)
 
 
 @dataclass(frozen=True)

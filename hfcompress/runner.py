@@ -53,13 +53,6 @@ def prepare_inputs(state: ModelState, batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def eval_batches(ctx: EvalContext) -> Iterator[dict[str, Any]]:
-    texts = eval_texts(ctx)
-    bs = ctx.settings.batch_size
-    for start in range(0, len(texts), bs):
-        yield tokenize(ctx.state, texts[start : start + bs], ctx.settings.sequence_length)
-
-
 @contextlib.contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
     """Pin PyTorch (and ONNX Runtime via the model's ``set_num_threads``) to ``n`` threads."""

@@ -265,7 +265,7 @@ def student_from_layers(teacher: Any, layers: list[int]) -> Any:
 
 
 def _load_model_state(name: str, task: str) -> ModelState:
-    from hfcompress.models import load_model, resolve_model
+    from hfcompress.plugin import load_model, resolve_model
 
     return load_model(resolve_model(name), task)
 
@@ -286,7 +286,7 @@ def _build_student(state: ModelState, config: DistillationConfig, teacher: Model
 
     import transformers
 
-    from hfcompress.models import AUTO_CLASSES
+    from hfcompress.plugin import AUTO_CLASSES
 
     cfg = copy.deepcopy(teacher.model.config)
     for key, value in (spec.config or {}).items():
@@ -887,7 +887,7 @@ class Distillation(Technique[DistillationConfig]):
         n_t = _num_layers(target.config)
         teacher_cfg = target.config
         if config.teacher:
-            from hfcompress.models import load_config, resolve_model
+            from hfcompress.plugin import load_config, resolve_model
 
             teacher_cfg = load_config(resolve_model(config.teacher))
             n_t = _num_layers(teacher_cfg)
@@ -902,7 +902,7 @@ class Distillation(Technique[DistillationConfig]):
                 )
             n_s, s_heads = len(spec.layers), _heads(teacher_cfg)
         elif spec is not None and spec.model is not None:
-            from hfcompress.models import load_config, resolve_model
+            from hfcompress.plugin import load_config, resolve_model
 
             s_cfg = load_config(resolve_model(spec.model))
             n_s, s_heads = _num_layers(s_cfg), _heads(s_cfg)

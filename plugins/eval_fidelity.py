@@ -40,7 +40,7 @@ class Fidelity(Evaluator):
         return ctx.reference is not None and ctx.data is not None and len(ctx.data) > 0
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress.evaluation import collect_outputs
+        from hfcompress.plugin import collect_outputs
 
         assert ctx.reference is not None
         task = ctx.state.task

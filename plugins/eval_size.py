@@ -90,12 +90,12 @@ class Size(Evaluator):
     )
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress.models import num_parameters
+        from hfcompress.plugin import num_parameters
 
         with tempfile.TemporaryDirectory(prefix="hfcompress-size-") as tmp:
             folder = ctx.artifact_dir
             if folder is None:
-                from hfcompress.artifact import save_state
+                from hfcompress.plugin import save_state
 
                 folder = Path(tmp) / "model"
                 save_state(ctx.state, folder)
@@ -195,8 +195,7 @@ def _child(request_file: str) -> None:
     for module in {"onnx": ("onnxruntime",), "quanto": ("optimum.quanto",)}.get(fmt, ()):
         with contextlib.suppress(ImportError):  # the loader reports a missing backend itself
             __import__(module)
-    from hfcompress.artifact import load_state
-    from hfcompress.runner import forward, tokenize
+    from hfcompress.plugin import forward, load_state, tokenize
 
     # A first, unmeasured load imports the model's modules (transformers loads them lazily) and
     # warms caches: ~150 MB that would otherwise be billed to the model. With the allocator's

@@ -66,7 +66,7 @@ class Speed(Evaluator):
     )
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress.runner import forward, model_device, tokenize
+        from hfcompress.plugin import forward, model_device, tokenize
 
         s = ctx.settings
         texts = list(ctx.data["text"][: s.batch_size]) if ctx.data is not None and len(ctx.data) else []

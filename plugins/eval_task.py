@@ -58,7 +58,7 @@ class TaskMetrics(Evaluator):
         return "label" in ctx.data.column_names
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress.evaluation import collect_outputs
+        from hfcompress.plugin import collect_outputs
 
         outputs = collect_outputs(ctx)
         result: dict[str, float] = {"eval_samples": float(len(outputs.texts))}
@@ -81,7 +81,7 @@ class TaskMetrics(Evaluator):
 
 
 def _scores(predictions: list[int], labels: list[int], prefix: str) -> dict[str, float]:
-    from hfcompress.evaluation import load_metric
+    from hfcompress.plugin import load_metric
 
     accuracy = load_metric("accuracy").compute(predictions=predictions, references=labels)["accuracy"]
     classes = sorted(set(labels) | set(predictions))
@@ -100,7 +100,7 @@ def extra_metric_name(name: str) -> str:
 
 
 def _extra_metrics(names: list[str], predictions: list[int], labels: list[int]) -> dict[str, float]:
-    from hfcompress.evaluation import load_metric
+    from hfcompress.plugin import load_metric
 
     out: dict[str, float] = {}
     for name in names:

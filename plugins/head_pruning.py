@@ -986,7 +986,7 @@ class HeadPruning(Technique[HeadPruningConfig]):
         """Load a folder with ``modeling_hfcompress_pruned.py`` through our own copy of that code."""
         from hfcompress_plugins.modeling import modeling_hfcompress_pruned as pruned_code
 
-        from hfcompress.models import load_tokenizer
+        from hfcompress.plugin import load_tokenizer
 
         pruned_code.register_auto_classes()
         config = json.loads((Path(path) / "config.json").read_text())

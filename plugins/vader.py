@@ -90,7 +90,7 @@ class VaderSource(DataSource):
     def load(self, subset: str) -> Any:
         import datasets
 
-        from hfcompress.cache import cache_dir
+        from hfcompress.plugin import cache_dir
 
         root = cache_dir("data", "vader-3.3.2")
         target = root / subset

@@ -442,7 +442,7 @@ def _run_case(
     step_dir = work / f"{family}-{fingerprint(cfg_json)}"
     ctx = StepContext(
         teacher=lambda: load_model(source, task), train_data=train_data, accelerator=accelerator, seed=0,
-        work_dir=step_dir / "work", step_index=0, model_id=str(model_dir),
+        work_dir=step_dir / "work",
     )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

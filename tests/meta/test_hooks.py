@@ -33,14 +33,6 @@ DOCS = ROOT / "docs" / "plugins.md"
 EXAMPLE = ROOT / "examples" / "hfcompress-layerdrop"
 
 # The public surface a plugin may import from hfcompress (docs/plugins.md, "The five-minute version").
-ALLOWED_HFCOMPRESS_MODULES = {
-    "hfcompress.plugin",
-    "hfcompress.runner",
-    "hfcompress.artifact",
-    "hfcompress.models",
-    "hfcompress.cache",
-    "hfcompress.evaluation",  # for evaluators: collect_outputs, load_metric
-}
 # Never imported at a plugin module's top level: `hfcompress plugins` imports every plugin.
 HEAVY = {"torch", "transformers", "datasets", "onnx", "onnxruntime", "optimum", "accelerate", "evaluate",
          "safetensors", "numpy", "scipy", "sklearn", "matplotlib", "huggingface_hub", "gguf"}
@@ -249,27 +241,33 @@ def plugin_files() -> list[Path]:
     return files
 
 
-def hfcompress_imports(tree: ast.AST) -> list[tuple[int, str]]:
-    """Every ``hfcompress...`` module imported anywhere in the file (also inside functions)."""
+def hfcompress_imports(tree: ast.AST) -> list[tuple[int, str, str]]:
+    """Every ``hfcompress...`` import anywhere in the file (also inside functions): line, module, name."""
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "hfcompress"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "hfcompress":
-                out += [(node.lineno, f"hfcompress.{alias.name}") for alias in node.names]
-            elif node.module.split(".")[0] == "hfcompress":
-                out.append((node.lineno, node.module))
+            out += [(node.lineno, alias.name, "*") for alias in node.names if alias.name.split(".")[0] == "hfcompress"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "hfcompress":
+            out += [(node.lineno, str(node.module), alias.name) for alias in node.names]
     return out
+
+
+def _allowed(module: str, name: str) -> bool:
+    import hfcompress.errors
+    import hfcompress.plugin
+
+    if module == "hfcompress.plugin":
+        return name in hfcompress.plugin.__all__
+    return module == "hfcompress.errors" and name in vars(hfcompress.errors)
 
 
 @pytest.mark.parametrize("path", plugin_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_plugins_import_only_the_public_api(path: Path) -> None:
     tree = ast.parse(path.read_text(), filename=str(path))
-    bad = [f"line {line}: {module}" for line, module in hfcompress_imports(tree)
-           if module not in ALLOWED_HFCOMPRESS_MODULES]
-    assert not bad, (f"{path.relative_to(ROOT)} imports private hfcompress modules: {bad}; plugins may import only "
-                     f"{sorted(ALLOWED_HFCOMPRESS_MODULES)} (or ask for a public helper)")
+    bad = [f"line {line}: from {module} import {name}" for line, module, name in hfcompress_imports(tree)
+           if not _allowed(module, name)]
+    assert not bad, (f"{path.relative_to(ROOT)} imports names outside the public plugin API: {bad}; plugins may "
+                     "import only names in hfcompress.plugin.__all__ (or ask for a public helper)")
 
 
 def entry_point_modules() -> dict[str, Path]:

@@ -119,7 +119,7 @@ def layer_list(model: Any) -> tuple[Any, str, nn.ModuleList]:
 def block_influence(state: ModelState, texts: list[str], config: LayerDropConfig) -> list[float]:
     """Per layer: mean over non-padding tokens of ``1 - cos(input hidden state, output hidden state)``."""
     import torch
-    from hfcompress.runner import model_device
+    from hfcompress.plugin import model_device
 
     model = state.model
     _, _, layers = layer_list(model)
