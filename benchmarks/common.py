@@ -90,10 +90,12 @@ def export_onnx(model: Any, tokenizer: Any, path: Path, task: str = "feature-ext
     """
     import torch
 
+    from hfcompress.model_io import MODEL_INPUTS
+
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = list(MODEL_INPUTS)
     if task == "text-generation":
         names = names[:2]
     out_name = "last_hidden_state" if task == "feature-extraction" else "logits"

@@ -42,18 +42,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from accelerate import Accelerator
-    from hfcompress_plugins.distillation import (
-        DistillationConfig,
-        _Batches,
-        cosine_loss,
-        default_layer_map,
-        distill,
-        hidden_mse_loss,
-        student_from_layers,
-    )
+    from hfcompress_plugins.distillation import DistillationConfig, distill
+    from hfcompress_plugins.distillation.batches import Batches
+    from hfcompress_plugins.distillation.config import default_layer_map
+    from hfcompress_plugins.distillation.losses import cosine_loss, hidden_mse_loss
+    from hfcompress_plugins.distillation.student import student_from_layers
     from transformers import get_scheduler
 
     from hfcompress.data import DataConfig, load_data
+    from hfcompress.model_io import MODEL_INPUTS
     from hfcompress.models import load_model, resolve_model
     from hfcompress.plugin import StepContext
 
@@ -78,12 +75,12 @@ def main() -> None:
         return [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # first step excluded
 
     # The bare loop: exactly the batches the trainer sees (same sampler), pre-tokenized.
-    sampler = _Batches(len(texts), args.batch_size, 1, seed)
+    sampler = Batches(len(texts), args.batch_size, 1, seed)
     batches = []
     for step in range(args.steps):
         enc = teacher.tokenizer([texts[i] for i in sampler.indices(step, 0)], padding=True, truncation=True,
                                 max_length=args.sequence_length, return_tensors="pt")
-        batches.append({k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        batches.append({k: v for k, v in enc.items() if k in MODEL_INPUTS})
     layer_map = default_layer_map(len(layers), teacher.model.config.num_hidden_layers)
 
     def bare_round() -> list[float]:

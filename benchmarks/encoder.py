@@ -45,7 +45,7 @@ from .timing import Timing, make_batches
 
 log = logging.getLogger("benchmarks")
 
-__all__ = ["EncoderSuite", "EncoderSettings", "mean_pool"]
+__all__ = ["EncoderSuite", "EncoderSettings"]
 
 MODEL = "builtin:all-MiniLM-L6-v2"
 DATA = "vader:movie"
@@ -68,14 +68,6 @@ class EncoderSettings:
     def quick(cls) -> EncoderSettings:
         return cls(eval_samples=256, probe_train_samples=1000, finetune_samples=640, finetune_epochs=1, distill_max_steps=25,
                    compress_eval_samples=32, warmup=1, repeats=5)
-
-
-def mean_pool(hidden: Any, mask: Any) -> Any:
-    """The sentence embedding all-MiniLM-L6-v2 is trained for: mean over non-padded tokens."""
-    import torch
-
-    m = mask.to(torch.float32).unsqueeze(-1)
-    return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def l2_normalize(x: Any) -> Any:
@@ -167,9 +159,12 @@ class EncoderSuite:
         return out
 
     def _embed(self, forward: Any, chunks: list[dict[str, Any]]) -> Any:
+        """The sentence embedding all-MiniLM-L6-v2 is trained for: mean over non-padded tokens, in float32."""
         import torch
 
-        return torch.cat([mean_pool(forward(c), c["attention_mask"]) for c in chunks])
+        from hfcompress.model_io import mean_pool
+
+        return torch.cat([mean_pool(forward(c).float(), c["attention_mask"]) for c in chunks])
 
     def _logits(self, forward: Any) -> Any:
         import torch

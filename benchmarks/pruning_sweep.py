@@ -50,12 +50,12 @@ IMPORTANCES = ("gradient", "magnitude")
 def mean_pooled(model: Any, batches: list[dict[str, Any]]) -> Any:
     import torch
 
+    from hfcompress.model_io import mean_pool
+
     out = []
     with torch.no_grad():
         for batch in batches:
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+            out.append(mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]))
     return torch.cat(out)
 
 

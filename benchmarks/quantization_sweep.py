@@ -73,7 +73,7 @@ def round_robin_latency_ms(states: dict[str, Any], batch: dict[str, Any], thread
     """Median latency of each state, timed one forward per state per round."""
     import torch
 
-    from hfcompress.runner import fixed_threads, forward, model_device
+    from hfcompress.model_io import fixed_threads, forward, model_device
 
     times: dict[str, list[float]] = {name: [] for name in states}
     with fixed_threads(threads):
@@ -96,7 +96,7 @@ def round_robin_latency_ms(states: dict[str, Any], batch: dict[str, Any], thread
 def reduced(state: Any, texts: list[str]) -> Any:
     import torch
 
-    from hfcompress.runner import forward, reduce_output, tokenize
+    from hfcompress.model_io import forward, reduce_output, tokenize
 
     outs = []
     for i in range(0, len(texts), 32):
@@ -145,9 +145,9 @@ def main() -> None:
 
     from hfcompress.artifact import save_state
     from hfcompress.data import DataConfig, load_data
+    from hfcompress.model_io import tokenize
     from hfcompress.models import infer_task, load_config, load_model, resolve_model
     from hfcompress.plugin import ModelState, StepContext
-    from hfcompress.runner import tokenize
 
     torch.set_num_threads(args.threads)
     source = resolve_model(args.model)

@@ -16,7 +16,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def environment(threads: list[int]) -> dict[str, Any]:
-    from hfcompress.pipeline import _cpu_name, package_versions
+    from hfcompress.recording import cpu_name, package_versions
 
     flags = set()
     try:
@@ -31,7 +31,7 @@ def environment(threads: list[int]) -> dict[str, Any]:
     except OSError:
         load = (0.0, 0.0, 0.0)
     return {
-        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "amx": sorted(f for f in flags if f.startswith("amx")), "avx512": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,
         "threads": threads, "headline_threads": threads[0], "load_average_at_start": [round(x, 2) for x in load],

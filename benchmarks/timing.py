@@ -33,11 +33,13 @@ def make_batches(tokenizer: Any, texts: list[str], shapes: dict[str, tuple[int, 
 
     The first ``batch`` texts are used, so every variant (same tokenizer) sees identical ids.
     """
+    from hfcompress.model_io import MODEL_INPUTS
+
     out = {}
     for name, (batch, seq) in shapes.items():
         chunk = (texts * batch)[:batch]
         enc = tokenizer(chunk, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
-        out[name] = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out[name] = {k: v for k, v in enc.items() if k in MODEL_INPUTS}
     return out
 
 

@@ -152,7 +152,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_path
+    from .evaluate_command import evaluate_path
     from .plugin import EvalSettings
 
     if args.verbose:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache import fingerprint
 from .errors import BadInputError
 from .plugin import TASKS, ModelState
 
@@ -33,6 +34,14 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return Path(self.path).is_dir()
+
+
+def model_fingerprint(source: ModelSource) -> str:
+    """Identifies the model's exact weights: file sizes and mtimes for folders, id@revision for the Hub."""
+    if source.is_local:
+        files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(source.path).iterdir() if p.is_file())
+        return fingerprint([source.path, files])
+    return fingerprint([source.path, source.revision])
 
 
 def _smollm2_folder() -> Path:

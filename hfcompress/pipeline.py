@@ -12,7 +12,6 @@ import inspect
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -25,17 +24,15 @@ from .artifact import load_state, save_state
 from .cache import cache_dir, fingerprint
 from .data import DataConfig, DataSplits, load_data
 from .errors import BadInputError, GateFailedError, HfCompressError
-from .models import ModelSource, infer_task, load_config, load_model, resolve_model
+from .models import ModelSource, infer_task, load_config, load_model, model_fingerprint, resolve_model
 from .plugin import ModelState, ModelTarget, StepContext, StepResult
 from .recipe import Recipe
+from .recording import evaluate_and_record, package_versions
 from .registry import get_registry
 
 log = logging.getLogger("hfcompress")
 
 DEFAULT_DATA = "vader:movie"
-PACKAGES = ("torch", "transformers", "accelerate", "datasets", "evaluate", "optimum", "optimum-quanto",
-            "onnx", "onnxruntime", "huggingface_hub", "pluggy", "pydantic")
-VERIFY_TEXTS = 3
 
 
 @dataclass
@@ -58,28 +55,6 @@ class Result:
         return dict(self.results.get("compressed", {}))
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "hfcompress": __version__}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def make_accelerator(device: str) -> Any:
     """One Accelerator per process (AcceleratorState is a singleton); the device is checked first."""
     import torch
@@ -93,14 +68,6 @@ def make_accelerator(device: str) -> Any:
         except ImportError:
             raise BadInputError("--device xla: torch_xla is not installed; install it on a TPU host or use cpu/auto") from None
     return Accelerator(cpu=device == "cpu")
-
-
-def _model_fingerprint(source: ModelSource) -> str:
-    """Identifies the model's exact weights: file sizes and mtimes for folders, id@revision for the Hub."""
-    if source.is_local:
-        files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(source.path).iterdir() if p.is_file())
-        return fingerprint([source.path, files])
-    return fingerprint([source.path, source.revision])
 
 
 def _resolve_recipe(model: str | None, recipe: Recipe | str | Path | dict[str, Any] | None, data: Any) -> Recipe:
@@ -218,10 +185,27 @@ def _check_output_dir(output_dir: Path) -> None:
         )
 
 
+def _code_digest(cls: type) -> str:
+    """sha256 of the source a technique runs: its whole package when it lives in one (a technique
+    split into config/trainer/... modules), else its module file. Part of the step cache key,
+    because an editable install changes code without changing versions."""
+    source = inspect.getsourcefile(cls)
+    if not source:
+        return ""
+    file = Path(source)
+    package = cls.__module__.rpartition(".")[0]
+    # hfcompress_plugins holds every built-in: only a technique's own sub-package counts.
+    in_own_package = package not in ("", "hfcompress_plugins") and (file.parent / "__init__.py").is_file()
+    digest = hashlib.sha256()
+    for path in sorted(file.parent.rglob("*.py")) if in_own_package else [file]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _run_steps(p: Plan, state: ModelState, accelerator: Any, use_cache: bool) -> tuple[ModelState, list[dict[str, Any]]]:
     registry = get_registry()
     recipe = p.recipe
-    base_key = [__version__, _model_fingerprint(p.source), p.task, p.splits.fingerprint, recipe.seed]
+    base_key = [__version__, model_fingerprint(p.source), p.task, p.splits.fingerprint, recipe.seed]
     reports: list[dict[str, Any]] = []
 
     def teacher() -> ModelState:
@@ -231,8 +215,7 @@ def _run_steps(p: Plan, state: ModelState, accelerator: Any, use_cache: bool) ->
         technique = registry.technique(step.technique)
         plugin_version = registry.techniques[step.technique].plugin.version
         # The plugin's source is part of the key too: an editable install changes code, not versions.
-        source_file = inspect.getsourcefile(type(technique))
-        code = hashlib.sha256(Path(source_file).read_bytes()).hexdigest() if source_file else ""
+        code = _code_digest(type(technique))
         key = fingerprint(base_key + [[s.to_yaml_obj() for s in recipe.steps[: i + 1]], plugin_version, code])
         cached = cache_dir("steps") / key
         label = f"[{i + 1}/{len(recipe.steps)}] {step.technique}"
@@ -285,23 +268,6 @@ def _run_steps(p: Plan, state: ModelState, accelerator: Any, use_cache: bool) ->
             tmp.rename(cached)
         accelerator.wait_for_everyone()
     return state, reports
-
-
-def _environment(recipe: Recipe, accelerator: Any) -> dict[str, Any]:
-    import torch
-
-    s = recipe.evaluate
-    return {
-        "packages": package_versions(),
-        "device": str(accelerator.device),
-        "device_name": torch.cuda.get_device_name(0) if accelerator.device.type == "cuda" else _cpu_name(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": s.threads,
-        "batch_size": s.batch_size,
-        "sequence_length": s.sequence_length,
-        "num_processes": accelerator.num_processes,
-    }
 
 
 def _write_atomically(tmp_dir: Path, output_dir: Path) -> None:
@@ -386,55 +352,6 @@ def compress(
             revision=push_cfg.revision if push_cfg else None, create_pr=bool(push_cfg and push_cfg.create_pr),
         )
     return result
-
-
-def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Evaluate base and compressed the same way on the held-out split; return results.json."""
-    from .evaluation import compare_blocks, evaluate_state
-
-    recipe = p.recipe
-    settings = recipe.evaluate
-    with_pipeline = ["sentence-transformers pipeline"] if p.pipeline_dir is not None else []
-    base_dir = cache_dir("base", fingerprint([_model_fingerprint(p.source), p.task, __version__, *with_pipeline]))
-    base = load_model(p.source, p.task)
-    if not (base_dir / "config.json").exists():
-        save_state(base, base_dir, pipeline_from=p.pipeline_dir)  # measured with the same files as the output
-    log.info("evaluating the base model on %d held-out samples", min(len(p.splits.eval), settings.max_samples))
-    base_block, base_ctx = evaluate_state(base, p.splits.eval, settings, base_dir)
-    compressed = load_state(artifact_dir)  # evaluate what is shipped, as it reloads
-    log.info("evaluating the compressed model")
-    comp_block, _ = evaluate_state(compressed, p.splits.eval, settings, artifact_dir, reference=base_ctx)
-    from .hub import record_verification
-
-    verification = record_verification(compressed, artifact_dir, list(p.splits.eval["text"][:VERIFY_TEXTS]))
-    if p.pipeline_dir is not None:
-        from .sentence_pipeline import verification_embeddings
-
-        # The base pipeline (pooling, normalization) on the compressed model: what
-        # SentenceTransformer(DIR).encode must reproduce; the push verification checks it.
-        embeddings = verification_embeddings(compressed, verification["texts"], p.pipeline_dir,
-                                             verification["sequence_length"])
-        if embeddings is not None:
-            verification["sentence_embeddings"] = embeddings
-    return {
-        "hfcompress_version": __version__,
-        "model": recipe.model,
-        "task": p.task,
-        "data": {
-            "spec": recipe.data.model_dump(exclude_none=True) if recipe.data else None,
-            "train_samples": len(p.splits.train),
-            "eval_samples": len(p.splits.eval),
-            "evaluated_samples": min(len(p.splits.eval), settings.max_samples),
-            "fingerprint": p.splits.fingerprint,
-            **({"label_names": p.splits.label_names} if p.splits.label_names else {}),
-        },
-        "base": base_block,
-        "compressed": comp_block,
-        "comparison": compare_blocks(base_block, comp_block),
-        "steps": reports,
-        "environment": _environment(recipe, accelerator),
-        "verification": verification,
-    }
 
 
 def _is_ours(record: logging.LogRecord) -> bool:

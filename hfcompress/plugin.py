@@ -28,15 +28,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .artifact import find_onnx_file, load_state, onnx_file_for, save_state
     from .cache import cache_dir
     from .evaluation import collect_outputs, load_metric
+    from .model_io import fixed_threads, forward, mean_pool, model_device, reduce_output, tokenize
     from .models import AUTO_CLASSES, load_config, load_model, load_tokenizer, num_parameters, resolve_model
-    from .runner import fixed_threads, forward, model_device, reduce_output, tokenize
 
 # Helpers a plugin legitimately needs, by the module that defines them. They are resolved on first
 # use (PEP 562 ``__getattr__`` below): those modules import this one for its types, and several
 # import torch lazily, so importing them here would both loop and slow down `hfcompress plugins`.
 HELPERS = {
-    "tokenize": "runner", "forward": "runner", "reduce_output": "runner", "model_device": "runner",
-    "fixed_threads": "runner",
+    "tokenize": "model_io", "forward": "model_io", "reduce_output": "model_io", "mean_pool": "model_io",
+    "model_device": "model_io", "fixed_threads": "model_io",
     "load_tokenizer": "models", "load_model": "models", "load_config": "models", "resolve_model": "models",
     "num_parameters": "models", "AUTO_CLASSES": "models",
     "save_state": "artifact", "load_state": "artifact", "find_onnx_file": "artifact", "onnx_file_for": "artifact",
@@ -81,6 +81,7 @@ __all__ = [
     "load_model",
     "load_state",
     "load_tokenizer",
+    "mean_pool",
     "model_device",
     "num_parameters",
     "onnx_file_for",

@@ -213,7 +213,7 @@ def embed(state: ModelState, texts: list[str], pipeline: str | Path, max_length:
     (padded to the longest text of each batch, truncated). float32, on CPU."""
     import torch
 
-    from .runner import forward
+    from .model_io import MODEL_INPUTS, forward
 
     plan = steps(pipeline)
     limit = max_length or max_seq_length(pipeline) or getattr(state.tokenizer, "model_max_length", 512)
@@ -223,7 +223,7 @@ def embed(state: ModelState, texts: list[str], pipeline: str | Path, max_length:
     for start in range(0, len(texts), batch_size):
         chunk = [t.lower() for t in texts[start: start + batch_size]] if lower else texts[start: start + batch_size]
         enc = state.tokenizer(chunk, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch = {k: v for k, v in enc.items() if k in MODEL_INPUTS}
         output = forward(state, batch)
         hidden = (output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]).float().cpu()
         vectors = hidden

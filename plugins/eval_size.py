@@ -5,7 +5,7 @@
   the plot are not counted, and neither are hidden files. The pipeline saves the base and the
   compressed model with the same ``save_state`` and measures both folders, so they compare.
   An in-memory model without a folder is saved to a temporary one first.
-- ``weights_bytes``: only the weight files (safetensors, bin, onnx, onnx_data, pt, gguf).
+- ``weights_bytes``: only the weight files (safetensors, bin, onnx, onnx_data / onnx.data, pt, gguf).
 - ``num_parameters``: parameters of the loaded model (quantized tensors count their logical
   elements; ONNX models count their initializers).
 - ``peak_memory_load_mb`` / ``peak_memory_mb``: peak resident memory (RSS, 10^6 bytes) above
@@ -33,7 +33,8 @@ from hfcompress.plugin import EvalContext, Evaluator, Metric, hookimpl
 
 # Written next to the model by the pipeline; not part of the model.
 NOT_MODEL_FILES = frozenset({"README.md", "results.json", "hfcompress.yaml", "evaluation.png", "step.json"})
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".pt", ".pth", ".gguf")
+# ``.onnx.data``: external weights as onnxruntime-genai's model builder names them (model.onnx.data)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".onnx.data", ".pt", ".pth", ".gguf")
 MEASURE_TIMEOUT_S = 900
 # glibc raises its mmap threshold after large frees, and then keeps freed memory in the heap; a
 # fixed threshold makes every allocation >= 64 KiB its own mapping, returned to the OS on free.

@@ -206,7 +206,7 @@ def _max_abs_diff(a_path: Path, b_path: Path, feed: dict[str, Any]) -> float:
 
 
 def _model_type(config: Any) -> str:
-    # Head-pruned models (plugins/head_pruning.py) keep their family's graph under their own
+    # Head-pruned models (plugins/head_pruning/) keep their family's graph under their own
     # model_type; the fusions apply to them the same way.
     return str(getattr(config, "model_type", "")).removeprefix("hfcompress-pruned-")
 
@@ -260,7 +260,7 @@ def uniform_attention_shape(config: Any) -> tuple[int, int]:
     heads = getattr(config, "num_attention_heads", 0)
     hidden = getattr(config, "hidden_size", 0)
     head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
-    # Head-pruned BERT models (plugins/head_pruning.py) list per-layer counts in pruned_layout.
+    # Head-pruned BERT models (plugins/head_pruning/) list per-layer counts in pruned_layout.
     layout = getattr(config, "pruned_layout", None) or {}
     per_layer = layout.get("num_attention_heads")
     if per_layer:

@@ -387,7 +387,7 @@ class Quantization(Technique[QuantizationConfig]):
     # -- reload ----------------------------------------------------------------------------
     @classmethod
     def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
-        from hfcompress.models import load_tokenizer
+        from hfcompress.plugin import load_tokenizer
 
         path = Path(path)
         fmt = info.get("format")
@@ -399,7 +399,7 @@ class Quantization(Technique[QuantizationConfig]):
 
             from transformers import PretrainedConfig
 
-            from hfcompress.artifact import find_onnx_file
+            from hfcompress.plugin import find_onnx_file
 
             from . import onnx_runtime
 
@@ -625,7 +625,7 @@ def _unsupported_reason(name: str, device: Any, state: ModelState) -> str | None
 
 # -- saving and loading -------------------------------------------------------------------------
 def _save_onnx(state: ModelState, path: Path) -> None:
-    from hfcompress.artifact import onnx_file_for
+    from hfcompress.plugin import onnx_file_for
 
     src = Path(state.model.path)
     # model.onnx, or onnx/model.onnx when save_state put a sentence-transformers pipeline here first
@@ -736,13 +736,13 @@ def _calibration_texts(ctx: StepContext, config: QuantizationConfig) -> list[str
 
 
 def _device_of(state: ModelState) -> Any:
-    from hfcompress.runner import model_device
+    from hfcompress.plugin import model_device
 
     return model_device(state)
 
 
 def _batches(state: ModelState, texts: list[str], config: QuantizationConfig) -> list[dict[str, Any]]:
-    from hfcompress.runner import tokenize
+    from hfcompress.plugin import tokenize
 
     return [tokenize(state, texts[i: i + config.batch_size], config.sequence_length)
             for i in range(0, len(texts), config.batch_size)]
@@ -758,7 +758,7 @@ def _timing_batches(state: ModelState, texts: list[str], config: QuantizationCon
 
 
 def _forward(state: ModelState, batch: dict[str, Any]) -> Any:
-    from hfcompress.runner import forward
+    from hfcompress.plugin import forward
 
     return forward(state, batch)
 
@@ -766,7 +766,7 @@ def _forward(state: ModelState, batch: dict[str, Any]) -> Any:
 def _reduced_outputs(state: ModelState, texts: list[str], config: QuantizationConfig) -> torch.Tensor:
     import torch
 
-    from hfcompress.runner import reduce_output
+    from hfcompress.plugin import reduce_output
 
     outs = [reduce_output(state, _forward(state, b), b["attention_mask"]) for b in _batches(state, texts, config)]
     return torch.cat(outs).float()
@@ -795,7 +795,7 @@ def _latency_round_robin(states: dict[str, ModelState], batches: list[dict[str, 
     """Median/min ms per state: after a warm-up each, every batch runs on every state in turn."""
     import torch
 
-    from hfcompress.runner import fixed_threads
+    from hfcompress.plugin import fixed_threads
 
     times: dict[str, list[float]] = {name: [] for name in states}
     with fixed_threads(threads):

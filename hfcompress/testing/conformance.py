@@ -366,7 +366,7 @@ def _primary_output(output: Any) -> Any:
 def _outputs(state: ModelState, texts: list[str]) -> Any:
     import torch
 
-    from ..runner import forward, tokenize
+    from ..model_io import forward, tokenize
 
     batch = tokenize(state, texts, OUTPUT_SEQUENCE_LENGTH)
     with torch.no_grad():

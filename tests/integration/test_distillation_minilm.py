@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _embeddings(state, texts: list[str]):  # type: ignore[no-untyped-def]
     import torch
 
-    from hfcompress.runner import forward, reduce_output, tokenize
+    from hfcompress.model_io import forward, reduce_output, tokenize
 
     out = []
     for start in range(0, len(texts), 32):
@@ -30,7 +30,8 @@ def _embeddings(state, texts: list[str]):  # type: ignore[no-untyped-def]
 def test_minilm_three_layer_student_gets_closer_to_the_teacher(hf_cache, minilm_path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import torch
     from accelerate import Accelerator
-    from hfcompress_plugins.distillation import Distillation, DistillationConfig, student_from_layers
+    from hfcompress_plugins.distillation import Distillation, DistillationConfig
+    from hfcompress_plugins.distillation.student import student_from_layers
     from transformers import AutoConfig
 
     from hfcompress.artifact import load_state, save_state

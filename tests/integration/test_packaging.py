@@ -21,9 +21,10 @@ def test_wheel_registers_every_builtin_plugin(tmp_path: Path) -> None:
         eps.read_string(zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode())
     plugins = dict(eps["hfcompress"])
     assert {"head-pruning", "distillation", "quantization", "vader"} <= set(plugins)
-    for module in plugins.values():  # every entry point's module ships in the wheel
-        assert module.replace(".", "/") + ".py" in names, module
+    for module in plugins.values():  # every entry point's module (a file or a package) ships in the wheel
+        path = module.replace(".", "/")
+        assert f"{path}.py" in names or f"{path}/__init__.py" in names, module
     assert eps["console_scripts"]["hfcompress"] == "hfcompress.cli:main"
-    for needed in ("hfcompress/testing/hub_server.py", "hfcompress/metrics/accuracy/accuracy.py",
+    for needed in ("hfcompress/testing/hub_server/__init__.py", "hfcompress/metrics/accuracy/accuracy.py",
                    "hfcompress_plugins/modeling/modeling_hfcompress_pruned.py"):
         assert needed in names, needed

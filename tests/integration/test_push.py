@@ -2,7 +2,7 @@
 
 The output folder is built the way the pipeline builds one: a model saved with
 ``hfcompress.artifact.save_state``, plus README.md, hfcompress.yaml and a results.json whose
-``verification`` block comes from ``hfcompress.runner.verification_outputs``.
+``verification`` block comes from ``hfcompress.model_io.verification_outputs``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_round_trip_card_and_idempotent_re_push(
     from huggingface_hub import snapshot_download
 
     from hfcompress.artifact import load_state
-    from hfcompress.runner import verification_outputs
+    from hfcompress.model_io import verification_outputs
 
     caplog.set_level(logging.DEBUG)
     token = hub_client.write_token

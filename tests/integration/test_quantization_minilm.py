@@ -46,7 +46,7 @@ def _ctx(tmp_path: Path, train: Any) -> StepContext:
 def _pooled(state: ModelState, texts: list[str]) -> Any:
     import torch
 
-    from hfcompress.runner import forward, reduce_output
+    from hfcompress.model_io import forward, reduce_output
 
     outs = []
     for i in range(0, len(texts), 32):
@@ -114,7 +114,7 @@ def test_onnxruntime_dynamic_int8_is_small_faithful_and_runs_without_hfcompress(
 FRESH_LOAD = r"""
 import sys, json, torch
 import hfcompress
-from hfcompress.runner import forward, reduce_output
+from hfcompress.model_io import forward, reduce_output
 folder, texts_file, out_file = sys.argv[1:4]
 from transformers import AutoTokenizer
 model = hfcompress.load(folder)
@@ -177,7 +177,7 @@ def test_auto_measures_default_cpu_candidates_and_keeps_the_fastest_passing(movi
 def _last_token_logits(state: ModelState, texts: list[str]) -> Any:
     import torch
 
-    from hfcompress.runner import forward, reduce_output, tokenize
+    from hfcompress.model_io import forward, reduce_output, tokenize
 
     outs = []
     for i in range(0, len(texts), 8):

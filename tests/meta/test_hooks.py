@@ -280,7 +280,9 @@ def entry_point_modules() -> dict[str, Path]:
             module = target.split(":")[0]
             package, _, rest = module.partition(".")
             base = package_dirs[package]
-            out[module] = base / f"{rest.replace('.', '/')}.py" if rest else base / "__init__.py"
+            # a plugin module is either a file (plugins/vader.py) or a package (plugins/head_pruning/)
+            folder = base / rest.replace(".", "/")
+            out[module] = folder.with_suffix(".py") if rest and not folder.is_dir() else folder / "__init__.py"
     return out
 
 

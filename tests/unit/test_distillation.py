@@ -74,7 +74,7 @@ NARROW = {"config": {"hidden_size": 16, "num_attention_heads": 2, "intermediate_
 
 def test_loss_functions_are_zero_on_identical_inputs_and_positive_otherwise() -> None:
     import torch
-    from hfcompress_plugins.distillation import attention_loss, cosine_loss, hidden_mse_loss, kl_loss
+    from hfcompress_plugins.distillation.losses import attention_loss, cosine_loss, hidden_mse_loss, kl_loss
 
     torch.manual_seed(0)
     logits = torch.randn(4, 5)
@@ -107,7 +107,7 @@ def test_loss_functions_are_zero_on_identical_inputs_and_positive_otherwise() ->
 
 
 def test_default_layer_map_is_identity_or_uniform_ending_at_the_last_layer() -> None:
-    from hfcompress_plugins.distillation import default_layer_map
+    from hfcompress_plugins.distillation.config import default_layer_map
 
     assert default_layer_map(4, 4) == {0: 0, 1: 1, 2: 2, 3: 3}
     assert default_layer_map(3, 6) == {0: 1, 1: 3, 2: 5}
@@ -115,7 +115,7 @@ def test_default_layer_map_is_identity_or_uniform_ending_at_the_last_layer() -> 
 
 
 def test_default_losses_per_task() -> None:
-    from hfcompress_plugins.distillation import default_losses
+    from hfcompress_plugins.distillation.config import default_losses
 
     assert default_losses("feature-extraction", "task-agnostic").active() == {"cosine": 1.0, "hidden_mse": 1.0}
     assert default_losses("text-classification", "task-agnostic").active() == {"kl": 1.0}
@@ -147,7 +147,7 @@ def test_config_is_strict() -> None:
 
 def test_student_from_layers_copies_the_kept_blocks(tiny_bert_dir: Path, tiny_llama_dir: Path) -> None:
     import torch
-    from hfcompress_plugins.distillation import student_from_layers
+    from hfcompress_plugins.distillation.student import student_from_layers
 
     teacher = _loader(tiny_bert_dir, "feature-extraction")().model
     student = student_from_layers(teacher, [1])

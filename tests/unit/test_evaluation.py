@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 import hfcompress.evaluation as evaluation
-import hfcompress.runner as runner
+import hfcompress.model_io as model_io
 from hfcompress.data import DataConfig, load_data
 from hfcompress.errors import BadInputError, HfCompressError
+from hfcompress.evaluate_command import evaluate_path
 from hfcompress.evaluation import (
     compare_blocks,
-    evaluate_path,
     evaluate_state,
     evaluator_declarations,
     higher_is_better,
@@ -36,14 +36,14 @@ def test_evaluation_sees_only_the_held_out_split(tiny_bert_dir: Path, tmp_path: 
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     data_file = _data_file(tmp_path)
     seen: list[str] = []
-    original = runner.tokenize
+    original = model_io.tokenize
 
     def spy(state: Any, texts: list[str], sequence_length: int) -> dict[str, Any]:
         seen.extend(texts)
         return original(state, texts, sequence_length)
 
-    # every evaluator tokenizes through the runner; catch all of them
-    monkeypatch.setattr(runner, "tokenize", spy)
+    # every evaluator tokenizes through model_io; catch all of them
+    monkeypatch.setattr(model_io, "tokenize", spy)
     monkeypatch.setattr(evaluation, "tokenize", spy)
     settings = EvalSettings(evaluators=["task-metrics", "speed"], batch_size=4, sequence_length=16, warmup=0, repeats=1)
     result = evaluate_path(tiny_bert_dir, str(data_file), settings)

@@ -226,8 +226,8 @@ def test_scoring_logits_match_pytorch_with_right_and_left_padding(family: str, b
 
 
 def test_hfcompress_evaluators_score_the_folder(built: Any) -> None:
-    """The runner's forward/reduce path (fidelity, perplexity) and parameter counting work on it."""
-    from hfcompress.runner import forward, reduce_output, tokenize
+    """The model_io forward/reduce path (fidelity, perplexity) and parameter counting work on it."""
+    from hfcompress.model_io import forward, reduce_output, tokenize
 
     b = built("llama", "int8")
     state = load_state(b.out)
@@ -241,6 +241,15 @@ def test_hfcompress_evaluators_score_the_folder(built: Any) -> None:
     # logical parameters: MatMulNBits weights count K x N; the builder adds rotary cos/sin caches
     torch_params = sum(p.numel() for p in reference.model.parameters())
     assert abs(state.model.num_parameters - torch_params) / torch_params < 0.01
+
+
+def test_size_evaluator_counts_the_external_weights(built: Any) -> None:
+    from hfcompress_plugins.eval_size import folder_bytes
+
+    b = built("llama", "int8")
+    total, weights = folder_bytes(b.out)
+    onnx_bytes = sum((b.out / name).stat().st_size for name in ("model.onnx", "model.onnx.data"))
+    assert weights == onnx_bytes and total > weights
 
 
 def test_save_state_of_a_reloaded_folder_round_trips(built: Any, tmp_path: Path) -> None:

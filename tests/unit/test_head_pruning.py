@@ -1,4 +1,4 @@
-"""head-pruning on tiny random models of every supported family (plugins/head_pruning.py)."""
+"""head-pruning on tiny random models of every supported family (plugins/head_pruning/)."""
 
 from __future__ import annotations
 

@@ -9,14 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from hfcompress.errors import BadInputError
-from hfcompress.hub import (
-    LocalFile,
-    _backoff_waits,
-    _is_transient,
-    _with_retries,
-    commit_text,
-    output_folder_files,
-)
+from hfcompress.hub.files import LocalFile, output_folder_files, refuse_leaked_token
+from hfcompress.hub.push import _backoff_waits, _is_transient, _with_retries, commit_text
 
 
 def _folder(tmp_path: Path) -> Path:
@@ -81,7 +75,7 @@ def test_transient_errors_are_retried_with_backoff(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HFCOMPRESS_PUSH_BACKOFF", "0.5")
     assert _backoff_waits() == [0.5, 1.0, 2.0]  # exponential
     slept: list[float] = []
-    monkeypatch.setattr("hfcompress.hub.time.sleep", slept.append)
+    monkeypatch.setattr("hfcompress.hub.push.time.sleep", slept.append)
     calls = iter([http_error(503), httpx2.ReadError("reset"), "done"])
 
     def flaky() -> str:
@@ -97,19 +91,19 @@ def test_transient_errors_are_retried_with_backoff(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_token_never_leaves_in_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hfcompress import hub
+    from hfcompress.hub import push as hub_push
 
     token = "hf_" + "s3cr3t" * 6
     out = _folder(tmp_path)
     (out / "README.md").write_text(f"use token {token} to download")
     with pytest.raises(BadInputError, match="README.md contains your Hugging Face token") as leaked:
-        hub._refuse_leaked_token(output_folder_files(out), token)
+        refuse_leaked_token(output_folder_files(out), token)
     assert token not in str(leaked.value)
 
     def boom(*args: object, **kwargs: object) -> None:
         raise ValueError(f"server said: bad credentials {token}")
 
-    monkeypatch.setattr(hub, "_push", boom)
+    monkeypatch.setattr(hub_push, "_push", boom)
     with pytest.raises(ValueError) as err:
-        hub.push_to_hub(out, "alice/x", token=token)
+        hub_push.push_to_hub(out, "alice/x", token=token)
     assert token not in str(err.value) and "hf_***" in str(err.value) and err.value.__cause__ is None

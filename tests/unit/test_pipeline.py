@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -133,3 +135,27 @@ def test_refuses_to_overwrite_a_foreign_folder(tiny_bert_dir: Path, data_file: s
     with pytest.raises(BadInputError, match="not an hfcompress output folder"):
         compress(recipe=_recipe(tiny_bert_dir, data_file), output_dir=out)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_step_cache_key_covers_a_technique_package_not_only_its_module(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A technique split into modules (technique.py, trainer.py, ...): editing any of them is new code."""
+    import importlib
+
+    from hfcompress.pipeline import _code_digest
+
+    pkg = tmp_path / "hfc_split_technique"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "trainer.py").write_text("STEPS = 1\n")
+    (pkg / "technique.py").write_text("from . import trainer\n\nclass Split:\n    name = 'split'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls = importlib.import_module("hfc_split_technique.technique").Split
+    before = _code_digest(cls)
+    assert before == _code_digest(cls)  # deterministic
+    (pkg / "trainer.py").write_text("STEPS = 2\n")
+    assert _code_digest(cls) != before
+    # A flat built-in module shares the hfcompress_plugins folder with every other plugin: only its file counts.
+    from hfcompress_plugins.eval_speed import Speed
+
+    assert _code_digest(Speed) == hashlib.sha256(Path(inspect.getsourcefile(Speed) or "").read_bytes()).hexdigest()

@@ -50,7 +50,7 @@ def _load(path: Path, task: str) -> ModelState:
 
 
 def _outputs(state: ModelState, texts: list[str] = TEXTS[:6]):  # type: ignore[no-untyped-def]
-    from hfcompress.runner import forward, reduce_output, tokenize
+    from hfcompress.model_io import forward, reduce_output, tokenize
 
     batch = tokenize(state, texts, 16)
     return reduce_output(state, forward(state, batch), batch["attention_mask"])
@@ -197,7 +197,7 @@ def test_quanto_reload_in_a_fresh_process_gives_equal_outputs(tiny_bert_dir: Pat
     code = (
         "import sys, torch, hfcompress\n"
         "from hfcompress.artifact import load_state\n"
-        "from hfcompress.runner import forward, reduce_output, tokenize\n"
+        "from hfcompress.model_io import forward, reduce_output, tokenize\n"
         f"texts = {TEXTS[:6]!r}\n"
         "state = load_state(sys.argv[1])\n"
         "batch = tokenize(state, texts, 16)\n"

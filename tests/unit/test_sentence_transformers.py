@@ -145,7 +145,7 @@ def test_onnx_output_has_the_sentence_transformers_onnx_layout(built: dict[str, 
 
     assert folder_bytes(folder)[1] == (folder / "onnx" / "model.onnx").stat().st_size
     assert _onnx_parameters(folder) > 0
-    from hfcompress.hub import output_folder_files
+    from hfcompress.hub.files import output_folder_files
 
     assert "onnx/model.onnx" in output_folder_files(folder)
     cosines = _cosines(_base_pipeline_on(folder, built["base"]), _base_pipeline_on(built["pruned"], built["base"]))
@@ -180,9 +180,9 @@ def test_card_shows_the_sentence_transformers_call_first(built: dict[str, Path])
 
 @pytest.mark.parametrize("kind", ["pruned", "onnx"])
 def test_push_verification_checks_sentence_transformers(built: dict[str, Path], kind: str) -> None:
-    from hfcompress.hub import _verify_main
+    from hfcompress.hub.verify import verify_main
 
-    checks = {c["loader"]: c for c in _verify_main(built[kind])["checks"]}
+    checks = {c["loader"]: c for c in verify_main(built[kind])["checks"]}
     assert checks["hfcompress.load"]["status"] == "ok"
     st = checks["sentence-transformers"]
     if kind == "onnx" and importlib.util.find_spec("optimum.onnxruntime") is None:
@@ -194,7 +194,7 @@ def test_push_verification_checks_sentence_transformers(built: dict[str, Path], 
 @pytest.mark.parametrize("damage", ["no modules.json", "no Normalize"])
 def test_push_verification_fails_when_the_pipeline_is_lost(built: dict[str, Path], tmp_path: Path,
                                                            damage: str) -> None:
-    from hfcompress.hub import _verify_main
+    from hfcompress.hub.verify import verify_main
 
     folder = tmp_path / "damaged"
     shutil.copytree(built["pruned"], folder)
@@ -204,7 +204,7 @@ def test_push_verification_fails_when_the_pipeline_is_lost(built: dict[str, Path
     else:
         modules = json.loads((folder / "modules.json").read_text())
         (folder / "modules.json").write_text(json.dumps([m for m in modules if "Normalize" not in m["type"]]))
-    checks = {c["loader"]: c for c in _verify_main(folder)["checks"]}
+    checks = {c["loader"]: c for c in verify_main(folder)["checks"]}
     assert checks["hfcompress.load"]["status"] == "ok"  # the weights are fine; the pipeline is not
     assert checks["sentence-transformers"]["status"] == "failed"
     assert "base model's pipeline" in checks["sentence-transformers"]["error"]

@@ -1,4 +1,4 @@
-"""One way to run any model state (PyTorch, quanto, ONNX Runtime) on evaluation data.
+"""Model I/O: tokenize, forward and pool any model state (PyTorch, quanto, ONNX Runtime) the same way.
 
 Every model is called like a transformers model, so the batches, padding, sequence length and
 thread count are identical for the base and the compressed model: the numbers compare.
@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .plugin import EvalContext, ModelState
 
+# The tokenizer outputs a transformers encoder/decoder takes; anything else a tokenizer returns
+# (offsets, special-token masks...) is dropped before a forward pass.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
 
 def eval_texts(ctx: EvalContext) -> list[str]:
     if ctx.data is None:
@@ -26,8 +30,7 @@ def tokenize(state: ModelState, texts: list[str], sequence_length: int) -> dict[
     enc = state.tokenizer(
         texts, padding="max_length", truncation=True, max_length=sequence_length, return_tensors="pt"
     )
-    keep = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: v for k, v in enc.items() if k in keep}
+    return {k: v for k, v in enc.items() if k in MODEL_INPUTS}
 
 
 def model_device(state: ModelState) -> Any:
@@ -73,6 +76,15 @@ def forward(state: ModelState, batch: dict[str, Any]) -> Any:
         return state.model(**prepare_inputs(state, batch))
 
 
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """Mean of ``hidden`` (batch x tokens x dim) over the non-padded tokens: the sentence embedding.
+
+    The mask is cast to ``hidden``'s dtype; a row without any real token gives zeros, not NaN.
+    """
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 def reduce_output(state: ModelState, output: Any, attention_mask: Any) -> Any:
     """The per-sample vector that fidelity compares: mean-pooled embedding, or logits.
 
@@ -83,8 +95,7 @@ def reduce_output(state: ModelState, output: Any, attention_mask: Any) -> Any:
     mask = attention_mask.to(torch.float32)
     if state.task == "feature-extraction":
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        hidden = hidden.float().cpu()
-        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return mean_pool(hidden.float().cpu(), mask)
     logits = (output.logits if hasattr(output, "logits") else output[0]).float().cpu()
     if state.task == "text-generation":
         last = mask.sum(1).long() - 1
