@@ -140,8 +140,7 @@ def main() -> None:
     import torch
     import transformers
     from accelerate import Accelerator
-    from hfcompress_plugins import onnx_runtime
-    from hfcompress_plugins.quantization import Quantization, QuantizationConfig
+    from hfcompress_plugins.quantization import Quantization, QuantizationConfig, onnx_runtime
 
     from hfcompress.artifact import save_state
     from hfcompress.data import DataConfig, load_data

@@ -300,7 +300,7 @@ def test_folder_generates_with_onnxruntime_genai_alone(family: str, built: Any) 
 
 def test_card_usage_snippet_runs_as_written(built: Any) -> None:
     """genai_runtime.USAGE (the runtime's own API) is valid code for the folder."""
-    from hfcompress_plugins.genai_runtime import USAGE
+    from hfcompress_plugins.quantization.genai_runtime import USAGE
 
     b = built("llama", "int8")
     code = "import sys\nsys.modules['hfcompress'] = None\n" + USAGE.format(folder=str(b.out))
@@ -382,12 +382,8 @@ def test_bad_config_is_refused(step: dict[str, Any], expected: str) -> None:
 
 def test_named_candidates_format_and_auto_skip() -> None:
     import torch
-    from hfcompress_plugins.quantization import (
-        CANDIDATES,
-        DEFAULT_CANDIDATES,
-        Quantization,
-        _unsupported_reason,
-    )
+    from hfcompress_plugins.quantization import CANDIDATES, DEFAULT_CANDIDATES, Quantization
+    from hfcompress_plugins.quantization.auto import skip_reason
     from transformers import BertConfig
 
     assert {"onnxruntime-genai:int4", "onnxruntime-genai:int8"} <= set(CANDIDATES)
@@ -402,5 +398,5 @@ def test_named_candidates_format_and_auto_skip() -> None:
         config = BertConfig()
 
     state = ModelState(Encoder(), None, "feature-extraction")
-    reason = _unsupported_reason("onnxruntime-genai:int8", torch.device("cpu"), state)
+    reason = skip_reason("onnxruntime-genai:int8", torch.device("cpu"), state)
     assert reason is not None and "causal LMs only" in reason

@@ -210,7 +210,7 @@ def test_quanto_reload_in_a_fresh_process_gives_equal_outputs(tiny_bert_dir: Pat
 # -- onnxruntime ------------------------------------------------------------------------------
 @pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_llama_dir"])
 def test_onnx_export_matches_pytorch_with_padding(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    from hfcompress_plugins import onnx_runtime
+    from hfcompress_plugins.quantization import onnx_runtime
 
     task = "feature-extraction" if "bert" in fixture else "text-generation"
     state = _load(request.getfixturevalue(fixture), task)
@@ -311,16 +311,16 @@ def test_onnxruntime_static_int8_on_llama_logits(tiny_llama_dir: Path, tmp_path:
 
 # -- auto -------------------------------------------------------------------------------------
 def test_auto_pick_prefers_the_smallest_within_the_tie_margin() -> None:
-    from hfcompress_plugins.quantization import _pick
+    from hfcompress_plugins.quantization.auto import pick
 
     measured = {"torch:bf16": {"size_bytes": 45}, "onnxruntime:int8-dynamic": {"size_bytes": 23},
                 "quanto:int8": {"size_bytes": 58}}
     timings = {"torch:bf16": {"median": 100.0}, "onnxruntime:int8-dynamic": {"median": 108.0},
                "quanto:int8": {"median": 150.0}}
-    assert _pick(measured, measured, timings, 0.1) == "onnxruntime:int8-dynamic"  # 8% slower, half the size
-    assert _pick(measured, measured, timings, 0.0) == "torch:bf16"
+    assert pick(measured, measured, timings, 0.1) == "onnxruntime:int8-dynamic"  # 8% slower, half the size
+    assert pick(measured, measured, timings, 0.0) == "torch:bf16"
     timings["onnxruntime:int8-dynamic"]["median"] = 125.0
-    assert _pick(measured, measured, timings, 0.1) == "torch:bf16"  # 25% slower is not a tie
+    assert pick(measured, measured, timings, 0.1) == "torch:bf16"  # 25% slower is not a tie
 
 
 def test_auto_measures_candidates_and_keeps_the_fastest_passing(tiny_bert_dir: Path, tmp_path: Path) -> None:
@@ -369,7 +369,7 @@ def test_auto_with_no_passing_candidate_fails_unless_told_to_keep_the_input(tiny
 def test_quanto_refuses_gpt2_conv1d_models_and_auto_skips_it() -> None:
     from types import SimpleNamespace
 
-    from hfcompress_plugins.quantization import _unsupported_reason
+    from hfcompress_plugins.quantization.auto import skip_reason
     from transformers import GPT2Config
 
     config = GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"])
@@ -378,8 +378,8 @@ def test_quanto_refuses_gpt2_conv1d_models_and_auto_skips_it() -> None:
         _technique().check(_config(backend="quanto"), target)
     _technique().check(_config(backend="onnxruntime"), target)  # the other backends accept it
     state = SimpleNamespace(config=config)
-    assert "Conv1D" in (_unsupported_reason("quanto:int8", SimpleNamespace(type="cpu"), state) or "")
-    assert _unsupported_reason("torch:bf16", SimpleNamespace(type="cpu"), state) is None
+    assert "Conv1D" in (skip_reason("quanto:int8", SimpleNamespace(type="cpu"), state) or "")
+    assert skip_reason("torch:bf16", SimpleNamespace(type="cpu"), state) is None
 
 
 # -- after head-pruning (custom modeling code for pruned BERT) --------------------------------
@@ -437,7 +437,7 @@ def test_onnxruntime_on_a_sequence_classifier_returns_logits(tmp_path: Path) -> 
 
 def test_onnxruntime_exclude_keeps_matching_layers_in_float(tiny_llama_dir: Path, tmp_path: Path) -> None:
     import onnx
-    from hfcompress_plugins.onnx_runtime import node_module
+    from hfcompress_plugins.quantization.onnx_runtime import node_module
 
     assert node_module("/inner/model/layers.0/self_attn/q_proj/MatMul") == "model.layers.0.self_attn.q_proj"
     ops = {}

@@ -20,8 +20,9 @@ Decisions (each measured or forced, see docs/techniques/quantization.md):
   ``per_channel=True`` kept MiniLM's cosine at 0.99) or ``quantize_static`` (QDQ, activations
   calibrated on data).
 
-Nothing here is imported at module import time of the plugin package: the quantization plugin
-imports this module lazily, and this module imports torch/onnx/onnxruntime inside functions.
+The quantization technique's ``onnxruntime`` backend (``onnx_backend``) turns a config into these
+calls. Nothing here is imported at module import time of the plugin package: the backend module is
+imported on first use, and this module imports torch/onnx/onnxruntime inside functions.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """onnxruntime-genai for causal LMs: weight-only int4/int8 graphs with a KV cache.
 
-Used by the ``quantization`` technique's ``onnxruntime-genai`` backend; everything specific to
-onnxruntime-genai lives here:
+Used by the ``quantization`` technique's ``onnxruntime-genai`` backend (``genai_backend`` turns a
+config into these calls and saves/reloads the folder); everything specific to onnxruntime-genai
+lives here:
 
 - :func:`build` saves the PyTorch model as a local Hugging Face folder in the step's work dir and
   runs onnxruntime-genai's own model builder on it (``python -m onnxruntime_genai.models.builder

@@ -1,0 +1,121 @@
+"""The backend registry: one line per backend, naming the module that implements it.
+
+A backend module (``torch_cast``, ``quanto_backend``, ``onnx_backend``, ``genai_backend``) defines
+the functions of :class:`BackendModule`. Adding a backend is that module plus one line in
+:data:`BACKENDS`; its names in :data:`CANDIDATES` (and :data:`DEFAULT_CANDIDATES`) only if
+``backend: auto`` may try it, and its format in :data:`FORMAT_ORDER` only if it is a new format.
+
+The modules are imported on first use (:func:`backend_module`), never when the plugin is
+imported: ``hfcompress plugins`` and recipe validation stay free of torch and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from hfcompress.plugin import ModelState, ModelTarget
+
+# The technique's name, which ``hfcompress.load`` finds in a folder's config.json to reload it.
+TECHNIQUE = "quantization"
+
+
+@dataclass(frozen=True)
+class Backend:
+    module: str
+    """The module in this package that implements :class:`BackendModule`."""
+    format: str
+    """``ModelState.format`` of its output (``pytorch`` stays a plain checkpoint)."""
+    dtypes: tuple[str, ...]
+    """What ``dtype`` accepts with this backend, in the order error messages list them."""
+    default_dtype: str
+
+
+# The order here is the order of ``backend``'s allowed values in messages and the config schema.
+BACKENDS: dict[str, Backend] = {
+    "quanto": Backend("quanto_backend", "quanto", ("int8", "int4", "fp8"), "int8"),
+    "onnxruntime": Backend("onnx_backend", "onnx", ("int8",), "int8"),
+    "torch": Backend("torch_cast", "pytorch", ("bf16", "fp16"), "bf16"),
+    # the model builder's -p choices for CPU (besides fp32)
+    "onnxruntime-genai": Backend("genai_backend", "onnx-genai", ("int4", "int8"), "int8"),
+}
+DTYPES: dict[str, tuple[str, ...]] = {name: b.dtypes for name, b in BACKENDS.items()}
+DEFAULT_DTYPE: dict[str, str] = {name: b.default_dtype for name, b in BACKENDS.items()}
+BACKEND_FORMAT: dict[str, str] = {name: b.format for name, b in BACKENDS.items()}
+# Formats only move forward; ``auto`` declares the furthest its candidates can reach.
+FORMAT_ORDER = ("pytorch", "quanto", "onnx", "onnx-genai")
+
+# What ``backend: auto`` may try, by name (also the names in ``candidates``).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "torch:bf16": {"backend": "torch", "dtype": "bf16"},
+    "torch:fp16": {"backend": "torch", "dtype": "fp16"},
+    "onnxruntime:int8-dynamic": {"backend": "onnxruntime", "dtype": "int8", "mode": "dynamic"},
+    "onnxruntime:int8-static": {"backend": "onnxruntime", "dtype": "int8", "mode": "static"},
+    "quanto:int8": {"backend": "quanto", "dtype": "int8"},
+    "quanto:int4": {"backend": "quanto", "dtype": "int4"},
+    "quanto:fp8": {"backend": "quanto", "dtype": "fp8"},
+    "quanto:int8-a8": {"backend": "quanto", "dtype": "int8", "activations": "int8"},
+    # causal LMs only; not in DEFAULT_CANDIDATES yet
+    "onnxruntime-genai:int4": {"backend": "onnxruntime-genai", "dtype": "int4"},
+    "onnxruntime-genai:int8": {"backend": "onnxruntime-genai", "dtype": "int8"},
+}
+# fp16 matmuls on CPU are emulated (slow); ONNX Runtime int8 and quanto kernels target CPU/CUDA resp.
+DEFAULT_CANDIDATES = {
+    "cpu": ["torch:bf16", "onnxruntime:int8-dynamic", "quanto:int8"],
+    "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
+}
+
+
+class BackendModule(Protocol):
+    """What a backend module defines (``config`` is a ``QuantizationConfig`` with this backend)."""
+
+    def check(self, config: Any, target: ModelTarget, where: str) -> None:
+        """Refuse a model or config this backend cannot handle (``BadInputError``), before any work."""
+
+    def data_needed(self, config: Any) -> tuple[str, str] | None:
+        """Why this config needs the recipe's data and the fix when there is none, or None."""
+
+    def skip_reason(self, name: str, device: Any, state: ModelState) -> str | None:
+        """Why ``auto`` skips candidate ``name`` for this model on ``device``, or None."""
+
+    def build(self, state: ModelState, config: Any, texts: list[str], work_dir: Path,
+              copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
+        """The quantized model (a copy of ``state.model`` when ``copy_model``) and what to record
+        in the step's changes. ``texts``: calibration texts; ``work_dir``: scratch for its files."""
+
+    # A backend with its own format (not ``pytorch``) also defines ``save(state, path)``, the
+    # ModelState's saver, and ``load(path, task, tokenizer, info) -> ModelState``, which
+    # ``Quantization.load_artifact`` calls for folders of that format.
+
+
+def backend_module(name: str) -> BackendModule:
+    return cast(BackendModule, importlib.import_module(f"{__package__}.{BACKENDS[name].module}"))
+
+
+def build(state: ModelState, config: Any, texts: list[str], *, work_dir: Path,
+          copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
+    """One quantized model, through ``config.backend``'s module."""
+    return backend_module(config.backend).build(state, config, texts, work_dir, copy_model)
+
+
+def loader_for(fmt: Any) -> Callable[..., ModelState] | None:
+    """The ``load`` function of the backend that writes format ``fmt``, if it has one."""
+    for name, backend in BACKENDS.items():
+        if backend.format == fmt:
+            return cast("Callable[..., ModelState] | None", getattr(backend_module(name), "load", None))
+    return None
+
+
+def loadable_formats() -> list[str]:
+    return sorted(b.format for name, b in BACKENDS.items() if hasattr(backend_module(name), "load"))
+
+
+def step_info(state: ModelState, details: dict[str, Any]) -> dict[str, Any]:
+    """``state.info`` for a backend's output: what earlier steps recorded, plus ``quantization``."""
+    info = copy.deepcopy(state.info)
+    info["quantization"] = details
+    return info

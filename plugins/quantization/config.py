@@ -1,0 +1,134 @@
+"""``QuantizationConfig``: the recipe fields of the quantization step and the rules that need no model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from hfcompress.plugin import TechniqueConfig
+
+from .backends import BACKENDS, CANDIDATES, DEFAULT_DTYPE, DTYPES
+
+# The allowed ``backend`` and ``dtype`` values come from the registry (in its order), so that a
+# new backend is one line there. Type checkers see plain strings; pydantic sees the Literals.
+if TYPE_CHECKING:
+    BackendName = str
+    DtypeName = str
+else:
+    BackendName = Literal[("auto", *BACKENDS)]
+    DtypeName = Literal[tuple(dict.fromkeys(d for b in BACKENDS.values() for d in b.dtypes))]
+
+OP_TYPES = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization", "Conv", "Add", "Mul",
+            "Transpose", "Softmax", "LayerNormalization")
+
+
+class QuantizationConfig(TechniqueConfig):
+    backend: BackendName = "auto"
+    """auto (measure and choose), quanto, onnxruntime, torch or onnxruntime-genai (causal LMs)."""
+    dtype: DtypeName | None = None
+    """Weight type. quanto: int8 | int4 | fp8 (default int8); onnxruntime: int8; torch: bf16 | fp16
+    (default bf16); onnxruntime-genai: int4 | int8 (default int8). Not used with auto (see ``candidates``)."""
+    activations: Literal["none", "int8", "fp8"] = "none"
+    """quanto only: also quantize activations, with ranges calibrated on the training data."""
+    exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
+    """quanto and onnxruntime: module-name patterns (fnmatch, e.g. lm_head, encoder.layer.0.*) whose
+    layers stay in float. onnxruntime matches the module path each exported node comes from."""
+    mode: Literal["dynamic", "static"] = "dynamic"
+    """onnxruntime only: dynamic (activations quantized per batch) or static (calibrated on data)."""
+    per_channel: bool = True
+    """onnxruntime: one scale per output channel (kept MiniLM's cosine at 0.99)."""
+    reduce_range: bool = False
+    """onnxruntime: 7-bit weights, for CPUs without VNNI where 8-bit can saturate."""
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """onnxruntime static mode: how activation ranges are chosen."""
+    op_types: list[str] | None = None
+    """onnxruntime: operator types to quantize (default: onnxruntime's choice for the mode)."""
+    graph_optimization: Literal["auto", "bert-fusion", "none", "unfused-layernorm"] = "auto"
+    """onnxruntime: ``bert-fusion``: ONNX Runtime's offline BERT fusions; ``none``: the exported graph
+    with ONNX Runtime's default load-time optimizations; ``unfused-layernorm``: the exported graph
+    with its residual additions written so that ONNX Runtime's load-time SkipLayerNormFusion does
+    not apply (the choice lives in the graph itself: a bare ``InferenceSession`` runs what was
+    timed). ``auto`` times every option and keeps the fastest."""
+    opset: int = Field(17, ge=14, le=21)
+    calibration_samples: int = Field(64, gt=0, le=100_000)
+    """Training texts used to calibrate, to check fidelity and (auto) to time."""
+    sequence_length: int = Field(128, gt=0, le=8192)
+    batch_size: int = Field(8, gt=0, le=1024)
+    candidates: list[str] | None = None
+    """auto only: names from CANDIDATES to try (default depends on the device)."""
+    min_cosine: float = Field(0.98, gt=0.0, le=1.0)
+    """auto: drop candidates whose mean cosine to the input model's outputs is below this."""
+    min_agreement: float = Field(0.9, ge=0.0, le=1.0)
+    """auto: for logits (classification / causal LM), minimum top-1 agreement with the input model."""
+    threads: int = Field(1, gt=0, le=1024)
+    """auto: CPU threads while timing (PyTorch and ONNX Runtime alike); onnxruntime-genai: the
+    ``intra_op_num_threads`` written into genai_config.json."""
+    timing_batches: int = Field(5, gt=0, le=100)
+    if_none_pass: Literal["fail", "keep-input"] = "fail"
+    """auto: when no candidate passes, ``fail`` (exit 3, every candidate's measurements in the
+    message) or ``keep-input`` (the step returns its input unquantized, recorded in the changes)."""
+    tie_margin: float = Field(0.1, ge=0.0, le=1.0)
+    """auto: candidates whose median latency is within this fraction of the fastest count as tied,
+    and the smallest artifact among them wins. Timing on a shared CPU moves by ~10%; without a
+    margin the choice between close candidates (e.g. bf16 vs ONNX int8) flipped from run to run."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizationConfig:
+        # "Given" means changed from its default: a resolved recipe (hfcompress.yaml) writes every
+        # field with its default value and must load back to an equal recipe.
+        fields = type(self).model_fields
+        given = {name for name in self.model_fields_set
+                 if getattr(self, name) != fields[name].get_default(call_default_factory=True)}
+        backend = self.backend
+        if backend == "auto":
+            if self.dtype is not None:
+                raise ValueError(
+                    "dtype is chosen per candidate with backend auto; list candidates instead "
+                    f"(allowed: {', '.join(CANDIDATES)}) or pick a backend"
+                )
+            unknown = [c for c in self.candidates or [] if c not in CANDIDATES]
+            if unknown:
+                raise ValueError(f"candidates: unknown {unknown}; allowed: {', '.join(CANDIDATES)}")
+            if self.candidates is not None and not self.candidates:
+                raise ValueError(f"candidates: give at least one of {', '.join(CANDIDATES)}")
+        else:
+            if self.dtype is not None and self.dtype not in DTYPES[backend]:
+                raise ValueError(
+                    f"dtype {self.dtype!r} is not supported by backend {backend!r}; allowed: "
+                    f"{', '.join(DTYPES[backend])}"
+                    + (". For 4-bit weights use backend quanto, or onnxruntime-genai for causal LMs"
+                       if self.dtype == "int4" else "")
+                )
+            if given & {"candidates", "if_none_pass"}:
+                raise ValueError(f"{', '.join(sorted(given & {'candidates', 'if_none_pass'}))}: only used with backend auto")
+        if self.activations != "none" and backend not in ("quanto", "auto"):
+            raise ValueError(f"activations is a quanto option; backend {backend!r} does not use it "
+                             "(onnxruntime quantizes activations in both modes; torch casts them)")
+        onnx_only = {"mode", "calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"}
+        if backend not in ("auto", "onnxruntime") and given & onnx_only:
+            raise ValueError(f"{', '.join(sorted(given & onnx_only))}: onnxruntime options; backend is {backend!r}")
+        if backend == "torch" and "exclude" in given:
+            raise ValueError("exclude is a quanto/onnxruntime option; backend torch casts every layer")
+        if backend == "onnxruntime-genai" and "exclude" in given:
+            raise ValueError("exclude is a quanto/onnxruntime option; backend onnxruntime-genai quantizes every "
+                             "MatMul the model builder emits (lm_head included)")
+        bad_ops = [op for op in self.op_types or [] if op not in OP_TYPES]
+        if bad_ops:
+            raise ValueError(f"op_types: unknown {bad_ops}; allowed: {', '.join(OP_TYPES)}")
+        return self
+
+    def resolved_dtype(self) -> str:
+        return self.dtype or DEFAULT_DTYPE[self.backend]
+
+    def for_candidate(self, name: str) -> QuantizationConfig:
+        """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
+        values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode", "if_none_pass"})
+        backend = CANDIDATES[name]["backend"]
+        if backend in ("torch", "onnxruntime-genai"):
+            values.pop("exclude")
+        if backend != "onnxruntime":
+            for key in ("calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"):
+                values.pop(key)
+        return QuantizationConfig.model_validate({**values, **CANDIDATES[name]})
+

@@ -1,0 +1,70 @@
+"""Backend ``onnxruntime-genai`` (causal LMs only): onnxruntime-genai's model builder, weight-only
+int4 or int8 (default) with a KV cache. The folder holds ``model.onnx`` + ``genai_config.json`` and
+generates with ``onnxruntime_genai`` alone; the runtime-specific work is in ``genai_runtime``.
+
+    steps:
+      - quantization: {backend: onnxruntime-genai, dtype: int4}   # causal LMs: KV cache, int4 weights
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hfcompress.plugin import BadInputError, ModelState, ModelTarget
+
+from . import genai_runtime
+from .backends import TECHNIQUE, step_info
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import QuantizationConfig
+
+
+def check(config: QuantizationConfig, target: ModelTarget, where: str) -> None:
+    if target.task != "text-generation":
+        raise BadInputError(f"{where}: builds causal LMs (task text-generation) only; the task is "
+                            f"{target.task!r}. Use backend onnxruntime, quanto or torch for this model.")
+    reason = genai_runtime.unsupported_reason(target.config)
+    if reason:
+        raise BadInputError(f"{where}: {target.architecture} ({target.model_type}): {reason}. Use backend "
+                            "onnxruntime, quanto or torch for this model.")
+
+
+def data_needed(config: QuantizationConfig) -> tuple[str, str] | None:
+    return None
+
+
+def skip_reason(name: str, device: Any, state: ModelState) -> str | None:
+    if state.task != "text-generation":
+        return f"onnxruntime-genai builds causal LMs only; the task is {state.task!r}"
+    if device.type != "cpu":
+        return f"the onnxruntime-genai build here targets CPU; the target device is {device.type}"
+    return genai_runtime.unsupported_reason(state.config)
+
+
+def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_dir: Path,
+          copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
+    """The builder reads a saved copy of the model, so ``copy_model`` does not matter."""
+    folder, details = genai_runtime.build(state.model, state.tokenizer, config.resolved_dtype(), work_dir,
+                                          config.threads)
+    model = genai_runtime.GenaiModel(folder, state.model.config)
+    return ModelState(model, state.tokenizer, state.task, format="onnx-genai", saver=save,
+                      loader=TECHNIQUE, info=step_info(state, details)), details
+
+
+def save(state: ModelState, path: Path) -> None:
+    genai_runtime.copy_folder(Path(state.model.path), path)  # model.onnx, model.onnx.data, genai_config.json
+    if state.model.config is not None:
+        state.model.config.save_pretrained(str(path))
+        config_file = path / "config.json"
+        data = json.loads(config_file.read_text())
+        data.pop("auto_map", None)  # no PyTorch modeling code in this folder
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load(path: Path, task: str, tokenizer: Any, info: dict[str, Any]) -> ModelState:
+    from transformers import AutoConfig
+
+    genai = genai_runtime.GenaiModel(path, AutoConfig.from_pretrained(str(path)))
+    return ModelState(genai, tokenizer, task, format="onnx-genai", saver=save, loader=TECHNIQUE, info=info)
