@@ -1,0 +1,70 @@
+"""The plot on the card: quality vs latency and vs size, base and compressed (``evaluation.png``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..evaluation import declaration, metric_declarations
+from ..plugin import Metric
+from .tables import FIDELITY_PREFERENCE, QUALITY_PREFERENCE, _metric_label
+
+log = logging.getLogger("hfcompress.card")  # one logger for the whole card package, as before the split
+
+PLOT_FILE = "evaluation.png"
+
+
+def _plot_metric(base: dict[str, Any], comp: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    bm, cm = base.get("metrics") or {}, comp.get("metrics") or {}
+    for name in QUALITY_PREFERENCE:
+        if isinstance(bm.get(name), (int, float)) and isinstance(cm.get(name), (int, float)):
+            return name, bm[name], cm[name]
+    for name in FIDELITY_PREFERENCE:
+        if isinstance(cm.get(name), (int, float)):
+            return name, None, cm[name]
+    return None
+
+
+def write_plot(folder: Path, results: dict[str, Any], metrics: Mapping[str, Metric] | None = None) -> Path | None:
+    """Quality vs latency and vs size, base and compressed, as ``evaluation.png``; None without matplotlib.
+
+    ``metrics``: the evaluators' declarations, for the axis label and direction (default: every
+    registered evaluator's).
+    """
+    metrics = metric_declarations() if metrics is None else metrics
+    base, comp = results.get("base") or {}, results.get("compressed") or {}
+    chosen = _plot_metric(base, comp)
+    if chosen is None:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'hfcompress[plot]'): the card has no plot")
+        return None
+    name, bq, cq = chosen
+    axes_spec = [("latency_ms", "latency, median (ms)", 1.0), ("size_bytes", "size on disk (MB)", 1e-6)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (key, label, scale) in zip(axes, axes_spec, strict=True):
+        for tag, block, quality, color in (("base", base, bq, "#888888"), ("compressed", comp, cq, "#d62728")):
+            x = block.get(key)
+            if quality is None or x is None:
+                continue
+            ax.scatter([x * scale], [quality], s=70, color=color, zorder=3)
+            ax.annotate(tag, (x * scale, quality), textcoords="offset points", xytext=(6, 6))
+        ax.set_xlabel(label)
+        ax.set_ylabel(_metric_label(name, metrics))
+        ax.grid(alpha=0.3)
+        ax.margins(0.25)
+    direction = "higher is better" if declaration(name, metrics).higher_is_better else "lower is better"
+    note = "" if bq is not None else " (the base is the reference)"
+    fig.suptitle(f"{_metric_label(name, metrics)} ({direction}){note}", fontsize=10)
+    fig.tight_layout()
+    path = folder / PLOT_FILE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
