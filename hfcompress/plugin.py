@@ -260,6 +260,10 @@ class Metric:
     ``perfect``: the value the base model gets against itself, for metrics that compare with the
     base by construction (fidelity: 1.0 for cosine, 0.0 for KL); the gate's ``max_drop`` measures
     from it, since such a metric has no base value.
+    ``role``: ``"quality"`` for the model's own task quality (accuracy, perplexity): listed first on
+    the card, and the first declared one that both models have is the plot's quality axis;
+    ``"fidelity"`` for the headline agreement with the base, the plot's axis when no quality metric
+    was measured.
     """
 
     name: str
@@ -268,6 +272,7 @@ class Metric:
     unit: str = ""
     setting: bool = False
     perfect: float | None = None
+    role: Literal["", "quality", "fidelity"] = ""
 
     @property
     def title(self) -> str:

@@ -29,9 +29,9 @@ class Fidelity(Evaluator):
     summary = "Agreement with the base model: embedding cosine, top-1 agreement, KL(base||compressed)"
     # perfect: the base measured against itself; the gate's max_drop counts from there (no base value)
     metrics = (
-        Metric("fidelity_cosine_mean", label="Fidelity: embedding cosine, mean", perfect=1.0),
+        Metric("fidelity_cosine_mean", label="Fidelity: embedding cosine, mean", perfect=1.0, role="fidelity"),
         Metric("fidelity_cosine_min", label="Fidelity: embedding cosine, min", perfect=1.0),
-        Metric("fidelity_top1_agreement", label="Fidelity: top-1 agreement", perfect=1.0),
+        Metric("fidelity_top1_agreement", label="Fidelity: top-1 agreement", perfect=1.0, role="fidelity"),
         # "‖", not "||": a pipe would split the card's table cell
         Metric("fidelity_kl", label="Fidelity: KL(base ‖ compressed)", higher_is_better=False, perfect=0.0),
     )

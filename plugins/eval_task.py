@@ -36,12 +36,12 @@ class TaskMetrics(Evaluator):
     name = "task-metrics"
     summary = "Accuracy/F1 (classification, embedding probe) and perplexity (causal LMs) via evaluate"
     metrics = (
-        Metric("accuracy", label="Accuracy"),
-        Metric("f1", label="F1"),
-        Metric("f1_macro", label="F1 (macro)"),
-        Metric("probe_accuracy", label="Embedding probe accuracy"),
-        Metric("probe_f1", label="Embedding probe F1"),
-        Metric("perplexity", label="Perplexity", higher_is_better=False),
+        Metric("accuracy", label="Accuracy", role="quality"),
+        Metric("f1", label="F1", role="quality"),
+        Metric("f1_macro", label="F1 (macro)", role="quality"),
+        Metric("probe_accuracy", label="Embedding probe accuracy", role="quality"),
+        Metric("probe_f1", label="Embedding probe F1", role="quality"),
+        Metric("perplexity", label="Perplexity", higher_is_better=False, role="quality"),
         Metric("eval_samples", label="held-out samples evaluated", setting=True),
     )
 

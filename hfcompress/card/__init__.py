@@ -41,8 +41,6 @@ from .plot import write_plot as write_plot
 from .snippets import _hfcompress_load as _hfcompress_load
 from .snippets import _sentence_transformers_snippet as _sentence_transformers_snippet
 from .snippets import _snippet as _snippet
-from .tables import FIDELITY_PREFERENCE as FIDELITY_PREFERENCE
-from .tables import QUALITY_PREFERENCE as QUALITY_PREFERENCE
 from .tables import _comparison_table as _comparison_table
 from .tables import _environment_lines as _environment_lines
 from .tables import _metric_label as _metric_label

@@ -9,19 +9,20 @@ from typing import Any
 
 from ..evaluation import declaration, metric_declarations
 from ..plugin import Metric
-from .tables import FIDELITY_PREFERENCE, QUALITY_PREFERENCE, _metric_label
+from .tables import _metric_label, with_role
 
 log = logging.getLogger("hfcompress.card")  # one logger for the whole card package, as before the split
 
 PLOT_FILE = "evaluation.png"
 
 
-def _plot_metric(base: dict[str, Any], comp: dict[str, Any]) -> tuple[str, Any, Any] | None:
+def _plot_metric(base: dict[str, Any], comp: dict[str, Any],
+                 metrics: Mapping[str, Metric]) -> tuple[str, Any, Any] | None:
     bm, cm = base.get("metrics") or {}, comp.get("metrics") or {}
-    for name in QUALITY_PREFERENCE:
+    for name in with_role(metrics, "quality"):
         if isinstance(bm.get(name), (int, float)) and isinstance(cm.get(name), (int, float)):
             return name, bm[name], cm[name]
-    for name in FIDELITY_PREFERENCE:
+    for name in with_role(metrics, "fidelity"):
         if isinstance(cm.get(name), (int, float)):
             return name, None, cm[name]
     return None
@@ -35,7 +36,7 @@ def write_plot(folder: Path, results: dict[str, Any], metrics: Mapping[str, Metr
     """
     metrics = metric_declarations() if metrics is None else metrics
     base, comp = results.get("base") or {}, results.get("compressed") or {}
-    chosen = _plot_metric(base, comp)
+    chosen = _plot_metric(base, comp, metrics)
     if chosen is None:
         return None
     try:

@@ -9,9 +9,10 @@ from typing import Any
 from ..evaluation import TOP_LEVEL, declaration
 from ..plugin import Metric
 
-# For the plot: the first of these that both models have is the quality axis.
-QUALITY_PREFERENCE = ("accuracy", "f1", "f1_macro", "probe_accuracy", "probe_f1", "perplexity")
-FIDELITY_PREFERENCE = ("fidelity_cosine_mean", "fidelity_top1_agreement")
+
+def with_role(metrics: Mapping[str, Metric], role: str) -> list[str]:
+    """Names of the declared metrics with ``role`` (quality, fidelity), in declaration order."""
+    return [name for name, metric in metrics.items() if metric.role == role]
 
 
 def fmt(value: Any) -> str:
@@ -62,7 +63,7 @@ def _comparison_table(
             else f"| Speedup | | | {fmt(comparison['speedup'])}× (slower) |"
         )
     # quality first (the plot's preference), then the rest as the evaluators declare them
-    order = [*QUALITY_PREFERENCE, *(name for name in metrics if name not in TOP_LEVEL)]
+    order = [*with_role(metrics, "quality"), *(name for name in metrics if name not in TOP_LEVEL)]
     names = list(TOP_LEVEL) + sorted(
         set(base.get("metrics") or {}) | set(comp.get("metrics") or {}),
         key=lambda n: (order.index(n) if n in order else len(order), n),
