@@ -209,6 +209,14 @@ class Technique(Generic[ConfigT]):
         """Restore a saved output folder whose ``config.json`` names this technique as loader."""
         raise NotImplementedError(f"technique {cls.name!r} does not define load_artifact")
 
+    @classmethod
+    def usage_snippet(cls, path: Path, info: dict[str, Any], where: str) -> str | None:
+        """Python code the card shows for a folder this technique saved (``config.json`` names it as
+        loader): how to run it with its runtime's own library. ``where`` is a Python expression for
+        the local folder (``"./out"``, or ``snapshot_download("org/name")`` for a Hub repo, imported
+        by the card). ``None``: the card's snippets for standard formats."""
+        return None
+
 
 class EvalSettings(BaseModel):
     """How evaluation runs; identical for base and compressed models."""

@@ -4,11 +4,34 @@ optimum-quanto through ``hfcompress.load``, ONNX Runtime, and sentence-transform
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 AUTO_CLASSES = {"feature-extraction": "AutoModel", "text-classification": "AutoModelForSequenceClassification",
                 "text-generation": "AutoModelForCausalLM"}
 EXAMPLE_TEXT = "An example sentence."
+log = logging.getLogger("hfcompress.card")
+
+
+def _technique_snippet(folder: Path, marker: dict[str, Any], repo: str | None, where: str) -> list[str] | None:
+    """The snippet of the technique that saved a custom format (its ``usage_snippet``), if any."""
+    if not marker.get("loader"):
+        return None
+    from ..errors import HfCompressError
+    from ..registry import get_registry
+
+    try:
+        technique = get_registry().technique(str(marker["loader"]))
+    except HfCompressError as exc:  # not installed here: the card falls back to the standard snippets
+        log.warning("card: no usage snippet from technique %r: %s", marker["loader"], exc)
+        return None
+    code = type(technique).usage_snippet(folder, marker, f'snapshot_download("{repo}")' if repo else f'"{where}"')
+    if code is None:
+        return None
+    imports = "from huggingface_hub import snapshot_download\n" if repo else ""
+    return [f"With the runtime's own library (the folder was written by `{marker['loader']}`):", "",
+            "```python", imports + code.rstrip("\n"), "```", "", *_hfcompress_load(repo, where)]
 
 
 def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list[str]:
@@ -28,6 +51,9 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
     from ..artifact import find_onnx_file
     from ..sentence_pipeline import modules
 
+    custom = _technique_snippet(folder, marker, repo, where)
+    if custom is not None:
+        return custom
     onnx_file = find_onnx_file(folder)
     lines = _sentence_transformers_snippet(folder, task, fmt_name, where, text)
     # a sentence-transformers pipeline that normalizes: the plain snippets say so too

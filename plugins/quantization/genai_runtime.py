@@ -66,7 +66,7 @@ import numpy as np
 import onnxruntime_genai as og
 from transformers import AutoTokenizer
 
-folder = "{folder}"
+folder = {folder}
 tokenizer = AutoTokenizer.from_pretrained(folder)
 model = og.Model(folder)  # reads genai_config.json (threads, EOS, context length)
 input_ids = tokenizer("The weather today is", return_tensors="np")["input_ids"]

@@ -91,6 +91,14 @@ class Quantization(Technique[QuantizationConfig]):
         return StepResult(new_state, changes)
 
     @classmethod
+    def usage_snippet(cls, path: Path, info: dict[str, Any], where: str) -> str | None:
+        if info.get("format") != "onnx-genai":
+            return None
+        from .genai_runtime import USAGE
+
+        return USAGE.format(folder=where)  # onnxruntime-genai alone: a bare session lacks the KV-cache feeds
+
+    @classmethod
     def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
         from hfcompress.plugin import load_tokenizer
 

@@ -299,11 +299,20 @@ def test_folder_generates_with_onnxruntime_genai_alone(family: str, built: Any) 
 
 
 def test_card_usage_snippet_runs_as_written(built: Any) -> None:
-    """genai_runtime.USAGE (the runtime's own API) is valid code for the folder."""
-    from hfcompress_plugins.quantization.genai_runtime import USAGE
+    """The card shows the runtime's own API for this format (a bare ORT session lacks the KV-cache
+    feeds), and the code it shows runs as written, without hfcompress."""
+    import re
+
+    from hfcompress.card import _snippet
 
     b = built("llama", "int8")
-    code = "import sys\nsys.modules['hfcompress'] = None\n" + USAGE.format(folder=str(b.out))
+    card = "\n".join(_snippet(b.out, "text-generation", None, b.out.name))
+    assert "og.Model(folder)" in card and "InferenceSession" not in card
+    hub_card = "\n".join(_snippet(b.out, "text-generation", "alice/tiny-llama", b.out.name))
+    assert 'folder = snapshot_download("alice/tiny-llama")' in hub_card
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)  # type: ignore[union-attr]
+    code = code.replace(f'"./{b.out.name}"', repr(str(b.out)))
+    code = "import sys\nsys.modules['hfcompress'] = None\n" + code
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip()
