@@ -19,7 +19,7 @@ __all__ = [
 
 REQUIRED_FILES = ("config.json", "README.md", "results.json", "hfcompress.yaml")
 # onnx/*.onnx: sentence-transformers outputs keep their graph where that library's ONNX backend looks.
-WEIGHT_PATTERNS = ("*.safetensors", "*.onnx", "onnx/*.onnx", "pytorch_model.bin", "model.safetensors.index.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.onnx", "*.onnx.data", "onnx/*.onnx", "pytorch_model.bin", "model.safetensors.index.json")
 # Never pushed: VCS data, the huggingface_hub local-dir cache, Python caches.
 SKIPPED_PARTS = (".git", ".cache", "__pycache__")
 

@@ -30,7 +30,7 @@ log = logging.getLogger("hfcompress.hub")
 
 VERIFY_MARK = "HFCOMPRESS_VERIFY_RESULT "
 # The libraries whose kernels compute a folder's outputs: a version change can move them.
-RUNTIMES = ("torch", "transformers", "onnxruntime", "optimum-quanto")
+RUNTIMES = ("torch", "transformers", "onnxruntime", "onnxruntime-genai", "optimum-quanto")
 
 
 def verification_block(folder: Path) -> dict[str, Any]:
