@@ -93,12 +93,8 @@ def parse_step(index: int, raw: Any) -> Step:
     return Step(technique=str(name), config=config)
 
 
-# The embedded default recipe (techniques that are not installed are left out). Measured on
-# all-MiniLM-L6-v2 / vader:movie, 1 thread (benchmarks/results/2026-11-28-encoder.md): 50% of heads
-# and of FFN neurons, 600 distillation steps at lr 3e-4, then quantization auto (ONNX Runtime int8)
-# ran 5.58x faster than PyTorch fp32 at batch 8 x 128 (6.35x at 1 x 32) at 0.19x the size;
-# sentiment-probe accuracy 0.772 vs 0.780, mean cosine 0.897. 25%/25% with 200 steps kept cosine
-# 0.950 but reached only 3.4x.
+# The embedded default recipe (techniques that are not installed are left out). Why these values:
+# the measurements are in README.md (Benchmarks) and benchmarks/results/2026-11-28-encoder.md.
 DEFAULT_STEPS: list[dict[str, Any]] = [
     {"head-pruning": {"ratio": 0.5, "ffn_ratio": 0.5}},
     {"distillation": {"max_steps": 600, "learning_rate": 3e-4}},
