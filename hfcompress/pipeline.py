@@ -325,20 +325,26 @@ def compress(
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_state(state, tmp, pipeline_from=p.pipeline_dir)
-    del state
-    results = evaluate_and_record(p, tmp, accelerator, reports)
-    resolved.dump(tmp / "hfcompress.yaml")
-    from .card import write_card
-    from .evaluation import metric_declarations
-    from .gate import check_gate
+    try:
+        save_state(state, tmp, pipeline_from=p.pipeline_dir)
+        del state
+        results = evaluate_and_record(p, tmp, accelerator, reports)
+        resolved.dump(tmp / "hfcompress.yaml")
+        from .card import write_card
+        from .evaluation import metric_declarations
+        from .gate import check_gate
 
-    declared = metric_declarations(resolved.evaluate)  # labels and directions, as the evaluators that ran declare them
-    failures = check_gate(results, resolved.gate.model_dump(), declared) if resolved.gate else []
-    results["gate"] = {"passed": not failures, "failures": failures, "config": resolved.gate.model_dump() if resolved.gate else None}
-    (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    write_card(tmp, results, resolved.to_dict(), metrics=declared)
-    _write_atomically(tmp, out)
+        declared = metric_declarations(resolved.evaluate)  # labels and directions, as the evaluators that ran declare them
+        failures = check_gate(results, resolved.gate.model_dump(), declared) if resolved.gate else []
+        results["gate"] = {"passed": not failures, "failures": failures,
+                           "config": resolved.gate.model_dump() if resolved.gate else None}
+        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_card(tmp, results, resolved.to_dict(), metrics=declared)
+        _write_atomically(tmp, out)
+    except BaseException:
+        # A run that fails (or is interrupted) while writing leaves no half-written folder behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log.info("wrote %s", out)
     result = Result(output_dir=out, results=results, recipe=resolved, gate_failures=failures)
     if failures:

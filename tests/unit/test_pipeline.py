@@ -159,3 +159,19 @@ def test_step_cache_key_covers_a_technique_package_not_only_its_module(tmp_path:
     from hfcompress_plugins.eval_speed import Speed
 
     assert _code_digest(Speed) == hashlib.sha256(Path(inspect.getsourcefile(Speed) or "").read_bytes()).hexdigest()
+
+
+def test_a_run_that_fails_while_writing_leaves_no_folder_behind(
+    tiny_bert_dir: Path, data_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hfcompress.card
+
+    def broken_card(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("card writer broke")
+
+    monkeypatch.setattr(hfcompress.card, "write_card", broken_card)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="card writer broke"):
+        compress(recipe=_recipe(tiny_bert_dir, data_file, {"scale": {"factor": 2.0, "tag": "a"}}), output_dir=out)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))  # the scratch copy is gone too
