@@ -165,13 +165,15 @@ def built_from_state(state: Any, folder: Path, task: str) -> Built:
     model = state.model
     marker = json.loads((folder / "config.json").read_text()).get("hfcompress", {})
     info = {"format": state.format, "loader": marker.get("loader"), "artifact": str(folder)}
-    onnx_path = getattr(model, "path", None)
+    onnx_path = getattr(model, "onnx_file", None) or getattr(model, "path", None)  # onnx_file: onnxruntime-genai
     if onnx_path is not None and str(onnx_path).endswith(".onnx"):
         shapes = linear_shapes_onnx(onnx_path)
         import onnx
 
         ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
-        dtype = "int8" if ops & {"MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat"} else "fp32"
+        # MatMulNBits (onnxruntime-genai's weight-only int4/int8) computes in int8 on CPU (accuracy_level 4)
+        int8_ops = {"MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat", "MatMulNBits"}
+        dtype = "int8" if ops & int8_ops else "fp32"
         params = int(getattr(model, "num_parameters", 0) or 0)
     else:
         shapes = linear_shapes(model)

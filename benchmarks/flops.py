@@ -90,15 +90,16 @@ def linear_shapes_onnx(path: str | Path) -> dict[str, tuple[int, int]]:
     for node in graph.node:
         if node.op_type not in _WEIGHT_MATMULS or len(node.input) < 2:
             continue
-        shape = weight_shape(node.input[1])
-        if shape is None or len(shape) != 2:
-            continue
-        k, n = shape
-        if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute):
-            k, n = n, k
-        if node.op_type == "MatMulNBits":  # packed: read K and N from the attributes
+        if node.op_type == "MatMulNBits":  # packed (N x blocks x bytes): K and N are attributes
             attrs = {a.name: a.i for a in node.attribute}
-            k, n = attrs.get("K", k), attrs.get("N", n)
+            k, n = attrs["K"], attrs["N"]
+        else:
+            shape = weight_shape(node.input[1])
+            if shape is None or len(shape) != 2:
+                continue
+            k, n = shape
+            if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute):
+                k, n = n, k
         out[_onnx_module_path(node.name or node.output[0])] = (int(k), int(n))
     return out
 

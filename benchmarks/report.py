@@ -123,6 +123,12 @@ def headline(results: dict[str, Any], name: str = "hfcompress default recipe", g
     out["smallest_baseline"] = smallest["name"]
     out["size_ratio_vs_smallest_baseline"] = round(ours["size_bytes"] / smallest["size_bytes"], 4)
     out["cosine_to_base"] = ours["metrics"].get("cosine_to_base")
+    decode = f"decode_tokens_per_s_{t}t"
+    if decode in ours["metrics"]:  # decoder suite: batch-1 decoding against every baseline that generates
+        rates = {v["name"]: v["metrics"][decode] for v in baselines if decode in v["metrics"]}
+        out["decode_tokens_per_s"] = ours["metrics"][decode]
+        out["decode_speedup_vs"] = {n: round(ours["metrics"][decode] / r, 3) for n, r in rates.items() if r}
+        out["greedy_agreement"] = ours["metrics"].get("greedy_agreement")
     if quality in ref["metrics"] and quality in ours["metrics"]:
         out[f"{quality}_fp32"] = ref["metrics"][quality]
         out[quality] = ours["metrics"][quality]
@@ -144,6 +150,10 @@ def head_text(h: dict[str, Any]) -> str:
         if h.get("cosine_to_base") is not None:
             text += f"; mean cosine to fp32 {h['cosine_to_base']:.4f}"
         text += "."
+    if h.get("decode_tokens_per_s") is not None:
+        text += (f" Decode (batch 1, greedy): {h['decode_tokens_per_s']:.1f} tokens/s, "
+                 + ", ".join(f"{r:.2f}x {n}" for n, r in h["decode_speedup_vs"].items())
+                 + f"; greedy agreement with fp32 {h['greedy_agreement']}.")
     return text
 
 

@@ -72,7 +72,10 @@ def make_accelerator(device: str) -> Any:
 
 def _resolve_recipe(model: str | None, recipe: Recipe | str | Path | dict[str, Any] | None, data: Any) -> Recipe:
     if recipe is None:
-        resolved = Recipe.default(model or "builtin:all-MiniLM-L6-v2")
+        from .models import infer_task, load_config, resolve_model
+
+        name = model or "builtin:all-MiniLM-L6-v2"
+        resolved = Recipe.default(name, infer_task(load_config(resolve_model(name))))
     elif isinstance(recipe, Recipe):
         resolved = recipe.model_copy(deep=True)
     elif isinstance(recipe, dict):

@@ -100,6 +100,12 @@ DEFAULT_STEPS: list[dict[str, Any]] = [
     {"distillation": {"max_steps": 600, "learning_rate": 3e-4}},
     {"quantization": {"backend": "auto"}},
 ]
+# For causal LMs (text-generation): quantization alone, chosen on decode speed, perplexity and
+# greedy agreement. Structured pruning of a decoder needs a distillation budget far beyond a
+# CPU run (docs/techniques/head-pruning.md); measurements in docs/techniques/quantization.md.
+DEFAULT_DECODER_STEPS: list[dict[str, Any]] = [
+    {"quantization": {"backend": "auto"}},
+]
 
 
 class Recipe(BaseModel):
@@ -180,12 +186,14 @@ class Recipe(BaseModel):
         return cls.from_dict(data)
 
     @classmethod
-    def default(cls, model: str = "builtin:all-MiniLM-L6-v2") -> Recipe:
-        """The embedded default recipe: prune heads and FFN → distil → quantize (measured choice)."""
+    def default(cls, model: str = "builtin:all-MiniLM-L6-v2", task: str | None = None) -> Recipe:
+        """The embedded default recipe: prune heads and FFN → distil → quantize (measured choice);
+        for a causal LM (``task`` text-generation), quantization alone."""
         from .registry import get_registry
 
         available = get_registry().techniques
-        steps = [copy.deepcopy(step) for step in DEFAULT_STEPS if next(iter(step)) in available]
+        chosen = DEFAULT_DECODER_STEPS if task == "text-generation" else DEFAULT_STEPS
+        steps = [copy.deepcopy(step) for step in chosen if next(iter(step)) in available]
         return cls.from_dict({"model": model, "data": "vader:movie", "steps": steps})
 
     # -- serialization ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .metadata import (
 from .plot import write_plot
 from .snippets import _snippet
 from .tables import (
+    _candidates_tables,
     _comparison_table,
     _environment_lines,
     _metric_label,
@@ -196,7 +197,7 @@ def _environment_section(c: _CardInputs) -> list[str]:
 
 
 def _steps_section(c: _CardInputs) -> list[str]:
-    return ["## Steps", "", *_steps_table(c.steps), ""]
+    return ["## Steps", "", *_steps_table(c.steps), "", *_candidates_tables(c.steps)]
 
 
 def _recipe_section(c: _CardInputs) -> list[str]:

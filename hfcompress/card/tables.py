@@ -106,6 +106,39 @@ def _steps_table(steps: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+# A candidate search (quantization's ``auto``) lists one row per candidate in its changes; these
+# are the columns shown, in this order, when present (encoders: latency and fidelity; causal LMs:
+# decoding speed, perplexity and greedy agreement). Everything else stays in results.json.
+CANDIDATE_COLUMNS = (
+    ("decode_tokens_per_s", "decode tokens/s"), ("decode_speedup", "decode speed-up"), ("ttft_ms", "TTFT ms"),
+    ("perplexity", "perplexity"), ("perplexity_increase", "perplexity change"),
+    ("greedy_agreement", "greedy agreement"), ("speedup", "speed-up"), ("size_bytes", "size bytes"),
+)
+
+
+def _candidates_tables(steps: list[dict[str, Any]]) -> list[str]:
+    """Every measured candidate of each step that searched (``changes.candidates``), chosen marked."""
+    out: list[str] = []
+    for i, step in enumerate(steps, 1):
+        changes = step.get("changes") or {}
+        rows = [r for r in changes.get("candidates") or [] if isinstance(r, dict) and "candidate" in r]
+        if not rows:
+            continue
+        cols = [(key, label) for key, label in CANDIDATE_COLUMNS if any(key in r for r in rows)]
+        extra = [("fidelity", "fidelity (cosine mean)")] if any("fidelity" in r for r in rows) else []
+        out += [f"Step {i} ({step.get('technique', '?')}) candidates, chosen: **{changes.get('chosen')}**", "",
+                "| candidate | status | " + " | ".join(label for _, label in cols + extra) + " | reason |",
+                "|---|---|" + "---:|" * len(cols + extra) + "---|"]
+        for r in rows:
+            cells = [fmt(r.get(key)) for key, _ in cols]
+            if extra:
+                cells.append(fmt((r.get("fidelity") or {}).get("cosine_mean")))
+            reason = str(r.get("reason") or "").replace("|", "\\|")[:160]
+            out.append(f"| {r['candidate']} | {r.get('status', '?')} | " + " | ".join(cells) + f" | {reason} |")
+        out.append("")
+    return out
+
+
 def _short(value: Any) -> str | None:
     """Scalars and short lists are shown; long histories (loss curves) stay in results.json."""
     if isinstance(value, (int, float, str, bool)) and not (isinstance(value, str) and len(value) > 80):

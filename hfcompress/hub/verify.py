@@ -179,6 +179,8 @@ def verify_main(folder: Path) -> dict[str, Any]:
         compare("transformers", lambda: _plain_transformers(folder, task, remote_code))
     elif fmt == "onnx" and task:
         compare("onnxruntime", lambda: _plain_onnxruntime(folder, task))
+    elif fmt == "onnx-genai" and isinstance(block.get("greedy"), dict):
+        checks.append(_check_genai_tokens(folder, block["greedy"], basis))
     else:
         reason = f"format {fmt!r} with loader {marker.get('loader')!r} needs hfcompress to load"
         checks.append({"loader": "plain", "status": "skipped", "reason": reason})
@@ -191,6 +193,20 @@ def verify_main(folder: Path) -> dict[str, Any]:
             compare("sentence-transformers", lambda: _plain_sentence_transformers(folder, str(task), block, atol))
     return {"checks": checks, "atol": atol, "atol_basis": basis, "texts": len(texts), "sequence_length": seq,
             "runtime": runtime_versions()}
+
+
+def _check_genai_tokens(folder: Path, greedy: dict[str, Any], basis: str) -> dict[str, Any]:
+    """Greedy tokens through onnxruntime-genai alone vs those recorded from ``hfcompress.load``:
+    identical on the same runtime versions (greedy decoding is deterministic there); on others a
+    kernel change may flip a near-tie, so a difference is reported, not failed."""
+    try:
+        got = _onnxruntime_genai_tokens(folder, greedy)
+    except Exception as exc:
+        return {"loader": "onnxruntime-genai", "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    same = got == greedy["new_tokens"]
+    status = "ok" if same or not basis.startswith("same runtime") else "failed"
+    return {"loader": "onnxruntime-genai", "status": status, "greedy_tokens_identical": same,
+            "greedy_new_tokens": len(got), **({} if same else {"tokens": got, "expected": greedy["new_tokens"]})}
 
 
 # How far a folder's outputs may move when reloaded, by what its format guarantees.
@@ -216,11 +232,41 @@ def record_verification(state: Any, folder: Path, texts: list[str], sequence_len
 
     with torch.no_grad():
         outputs = verification_outputs(state, texts, sequence_length)
-    return {
+    block = {
         "texts": texts, "sequence_length": sequence_length, "outputs": outputs,
         "atol": SAME_RUNTIME_ATOL, "atol_other_runtime": OTHER_RUNTIME_ATOL[_numeric_kind(state)],
         "weights": weight_hashes(folder), "runtime": runtime_versions(),
     }
+    if state.format == "onnx-genai":  # users generate with the runtime itself: check its tokens too
+        block["greedy"] = _greedy_record(state, texts[0])
+    return block
+
+
+GREEDY_PROMPT_TOKENS, GREEDY_NEW_TOKENS = 16, 16
+
+
+def _greedy_record(state: Any, text: str) -> dict[str, Any]:
+    """Greedy tokens of ``hfcompress.load(DIR).generate`` for one prompt (the card's promise)."""
+    prompt = state.tokenizer(text, return_tensors="pt")["input_ids"][:, :GREEDY_PROMPT_TOKENS]
+    out = state.model.generate(prompt, max_new_tokens=GREEDY_NEW_TOKENS, do_sample=False)
+    return {"prompt_ids": prompt[0].tolist(), "new_tokens": [int(t) for t in out[0, prompt.shape[1]:].tolist()]}
+
+
+def _onnxruntime_genai_tokens(folder: Path, greedy: dict[str, Any]) -> list[int]:
+    """The same greedy decoding through onnxruntime-genai alone, as the card's snippet runs it."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    prompt = np.asarray([greedy["prompt_ids"]], dtype=np.int32)
+    limit = prompt.shape[1] + len(greedy["new_tokens"])
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=limit)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)[prompt.shape[1]: limit]]
 
 
 def _numeric_kind(state: Any) -> str:

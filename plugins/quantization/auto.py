@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfcompress.plugin import GateFailedError, ModelState, StepContext, StepResult
 
-from .backends import CANDIDATES, DEFAULT_CANDIDATES, backend_module, build
+from .backends import CANDIDATES, DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_CAUSAL_LM, backend_module, build
 from .measure import device_of, fidelity, latency_round_robin, reduced_outputs, timing_batches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def candidate_names(config: QuantizationConfig, device_type: str) -> list[str]:
-    return list(config.candidates or DEFAULT_CANDIDATES.get(device_type, DEFAULT_CANDIDATES["cpu"]))
+def candidate_names(config: QuantizationConfig, device_type: str, task: str | None = None) -> list[str]:
+    defaults = DEFAULT_CANDIDATES_CAUSAL_LM if task == "text-generation" else DEFAULT_CANDIDATES
+    return list(config.candidates or defaults.get(device_type, defaults["cpu"]))
 
 
 def skip_reason(name: str, device: Any, state: ModelState) -> str | None:
@@ -76,6 +77,15 @@ def _try_candidate(name: str, row: dict[str, Any], state: ModelState, config: Qu
         return None
     row["status"] = "passed"
     return candidate
+
+
+def run_auto_decoder(state: ModelState, config: QuantizationConfig, ctx: StepContext,
+                     texts: list[str]) -> StepResult:
+    """``auto`` for causal LMs: perplexity, greedy agreement and decode speed (``decoder_auto``)."""
+    from . import decoder_auto
+
+    names = candidate_names(config, device_of(state).type, state.task)
+    return decoder_auto.run(state, config, ctx, texts, names, skip_reason, _work_dir, _none_passed)
 
 
 def run_auto(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: list[str],

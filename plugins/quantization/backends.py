@@ -40,8 +40,8 @@ BACKENDS: dict[str, Backend] = {
     "quanto": Backend("quanto_backend", "quanto", ("int8", "int4", "fp8"), "int8"),
     "onnxruntime": Backend("onnx_backend", "onnx", ("int8",), "int8"),
     "torch": Backend("torch_cast", "pytorch", ("bf16", "fp16"), "bf16"),
-    # the model builder's -p choices for CPU (besides fp32)
-    "onnxruntime-genai": Backend("genai_backend", "onnx-genai", ("int4", "int8"), "int8"),
+    # the model builder's -p choices for CPU
+    "onnxruntime-genai": Backend("genai_backend", "onnx-genai", ("int4", "int8", "fp32"), "int8"),
 }
 DTYPES: dict[str, tuple[str, ...]] = {name: b.dtypes for name, b in BACKENDS.items()}
 DEFAULT_DTYPE: dict[str, str] = {name: b.default_dtype for name, b in BACKENDS.items()}
@@ -59,13 +59,26 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "quanto:int4": {"backend": "quanto", "dtype": "int4"},
     "quanto:fp8": {"backend": "quanto", "dtype": "fp8"},
     "quanto:int8-a8": {"backend": "quanto", "dtype": "int8", "activations": "int8"},
-    # causal LMs only; not in DEFAULT_CANDIDATES yet
+    # causal LMs only (onnxruntime-genai's model builder: KV cache, weight-only MatMulNBits)
     "onnxruntime-genai:int4": {"backend": "onnxruntime-genai", "dtype": "int4"},
+    "onnxruntime-genai:int4-kquant-mixed": {"backend": "onnxruntime-genai", "dtype": "int4", "algorithm": "k_quant",
+                                            "int8_layers": ["last_matmul", "mixed_layers"]},
     "onnxruntime-genai:int8": {"backend": "onnxruntime-genai", "dtype": "int8"},
+    "onnxruntime-genai:fp32": {"backend": "onnxruntime-genai", "dtype": "fp32"},
 }
 # fp16 matmuls on CPU are emulated (slow); ONNX Runtime int8 and quanto kernels target CPU/CUDA resp.
 DEFAULT_CANDIDATES = {
     "cpu": ["torch:bf16", "onnxruntime:int8-dynamic", "quanto:int8"],
+    "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
+}
+# Causal LMs are chosen on decode speed, perplexity and greedy agreement (decoder_auto). Measured
+# on SmolLM2-135M, 1 thread (docs/techniques/quantization.md): int4 round-to-nearest 114 tokens/s
+# at +38% perplexity, int4 k-quant with int8 sensitive layers 102 at +11%, int8 88 at +0.2%,
+# fp32 with a KV cache 29 at +0%, PyTorch bf16 17 (fp32 15). The int4 ones stay in the list so
+# the card shows where they land on each model.
+DEFAULT_CANDIDATES_CAUSAL_LM = {
+    "cpu": ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed", "onnxruntime-genai:int8",
+            "onnxruntime-genai:fp32", "torch:bf16"],
     "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
 }
 

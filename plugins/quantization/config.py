@@ -50,6 +50,15 @@ class QuantizationConfig(TechniqueConfig):
     with its residual additions written so that ONNX Runtime's load-time SkipLayerNormFusion does
     not apply (the choice lives in the graph itself: a bare ``InferenceSession`` runs what was
     timed). ``auto`` times every option and keeps the fastest."""
+    algorithm: Literal["rtn", "k_quant"] = "rtn"
+    """onnxruntime-genai: how the model builder rounds weights to int4/int8 (its ``algo_config``):
+    ``rtn`` round-to-nearest, ``k_quant`` searches each block's scale (ONNX Runtime's k-quant)."""
+    group_size: Literal[16, 32, 64, 128, 256] = 32
+    """onnxruntime-genai: weights per scale (the builder's ``block_size``)."""
+    int8_layers: list[Literal["last_matmul", "mixed_layers"]] = Field(default_factory=list)
+    """onnxruntime-genai with int4: matmuls kept at int8 (the builder's ``matmul_mixed_precision``):
+    ``last_matmul`` the LM head; ``mixed_layers`` llama.cpp's sensitive set (first and last eighth of
+    the layers plus every third layer's qkv/v/down projections)."""
     opset: int = Field(17, ge=14, le=21)
     calibration_samples: int = Field(64, gt=0, le=100_000)
     """Training texts used to calibrate, to check fidelity and (auto) to time."""
@@ -60,7 +69,18 @@ class QuantizationConfig(TechniqueConfig):
     min_cosine: float = Field(0.98, gt=0.0, le=1.0)
     """auto: drop candidates whose mean cosine to the input model's outputs is below this."""
     min_agreement: float = Field(0.9, ge=0.0, le=1.0)
-    """auto: for logits (classification / causal LM), minimum top-1 agreement with the input model."""
+    """auto: for classification logits, minimum top-1 agreement with the input model."""
+    max_perplexity_increase: float = Field(0.03, ge=0.0, le=10.0)
+    """auto, causal LMs: drop candidates whose perplexity on the calibration texts exceeds the input
+    model's by more than this fraction."""
+    min_greedy_agreement: float = Field(0.4, ge=0.0, le=1.0)
+    """auto, causal LMs: minimum share of the first 32 greedy tokens equal to the input model's (over
+    ``agreement_prompts`` prompts). Free-running greedy text diverges for good after one flipped
+    near-tie, so this is strict: on SmolLM2-135M a bf16 cast gets 0.73, llama.cpp on the model's own
+    Q4_1 weights 0.62, int8 weights 0.49, int4 round-to-nearest 0.09. The default rejects broken
+    models; perplexity is the quality bound."""
+    agreement_prompts: int = Field(32, gt=0, le=1024)
+    """auto, causal LMs: prompts (24 tokens of a calibration text each) for the greedy agreement."""
     threads: int = Field(1, gt=0, le=1024)
     """auto: CPU threads while timing (PyTorch and ONNX Runtime alike); onnxruntime-genai: the
     ``intra_op_num_threads`` written into genai_config.json."""
@@ -105,6 +125,14 @@ class QuantizationConfig(TechniqueConfig):
         if self.activations != "none" and backend not in ("quanto", "auto"):
             raise ValueError(f"activations is a quanto option; backend {backend!r} does not use it "
                              "(onnxruntime quantizes activations in both modes; torch casts them)")
+        genai_only = {"algorithm", "group_size", "int8_layers"}
+        if backend != "onnxruntime-genai" and given & genai_only:
+            raise ValueError(f"{', '.join(sorted(given & genai_only))}: onnxruntime-genai options; backend is "
+                             f"{backend!r}" + (" (auto's candidates carry their own, e.g. onnxruntime-genai:"
+                                               "int4-kquant-mixed)" if backend == "auto" else ""))
+        if "int8_layers" in given and backend == "onnxruntime-genai" and self.resolved_dtype() != "int4":
+            raise ValueError("int8_layers keeps some matmuls at int8 in an int4 model; dtype is "
+                             f"{self.resolved_dtype()!r}")
         onnx_only = {"mode", "calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"}
         if backend not in ("auto", "onnxruntime") and given & onnx_only:
             raise ValueError(f"{', '.join(sorted(given & onnx_only))}: onnxruntime options; backend is {backend!r}")
@@ -123,7 +151,8 @@ class QuantizationConfig(TechniqueConfig):
 
     def for_candidate(self, name: str) -> QuantizationConfig:
         """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
-        values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode", "if_none_pass"})
+        values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode", "if_none_pass",
+                                          "algorithm", "group_size", "int8_layers"})
         backend = CANDIDATES[name]["backend"]
         if backend in ("torch", "onnxruntime-genai"):
             values.pop("exclude")

@@ -42,7 +42,7 @@ BUILDER_MODULE = "onnxruntime_genai.models.builder"
 # What the builder's ``-p`` accepts for the CPU execution provider (its own list: "FP32 CPU, INT8
 # CPU, INT4 CPU"); int4 and int8 are weight-only MatMulNBits (block size 32, round-to-nearest,
 # activations quantized to int8 inside the matmul: accuracy_level 4, its CPU default).
-PRECISIONS = ("int4", "int8")
+PRECISIONS = ("int4", "int8", "fp32")
 BUILD_TIMEOUT_S = 3600
 
 # Text-only causal-LM architectures that onnxruntime-genai 0.18's builder.create_model dispatches
@@ -99,12 +99,14 @@ def unsupported_reason(config: Any) -> str | None:
     return None
 
 
-def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: int) -> tuple[Path, dict[str, Any]]:
+def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: int,
+          options: dict[str, str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Run the model builder on ``model`` (saved to ``work_dir/hf`` first) into ``work_dir/genai``.
 
     A subprocess, as users run the builder: it imports torch/transformers itself, prints a lot,
     and a failure in it must not take the pipeline's process down. Returns the output folder and
-    what to record in the step's changes.
+    what to record in the step's changes. ``options`` are the builder's ``--extra_options``
+    (``algo_config``, ``accuracy_level``, ``block_size``, ...), passed through as given.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: the builder's CPU choices are {', '.join(PRECISIONS)}")
@@ -119,7 +121,8 @@ def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: i
     if tokenizer is not None:
         tokenizer.save_pretrained(str(hf_dir))
     command = [sys.executable, "-m", BUILDER_MODULE, "-i", str(hf_dir), "-o", str(out_dir), "-p", precision,
-               "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false"]
+               "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false",
+               *(f"{key}={value}" for key, value in sorted((options or {}).items()))]
     started = time.perf_counter()
     log_file = work_dir / "builder.log"
     with open(log_file, "w") as log:
@@ -135,8 +138,9 @@ def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: i
     shutil.rmtree(hf_dir, ignore_errors=True)
     shutil.rmtree(cache_dir, ignore_errors=True)
     details = {
-        "backend": "onnxruntime-genai", "dtype": precision, "weights": f"{precision} weight-only (MatMulNBits)",
-        "builder": f"{BUILDER_MODULE} -p {precision} -e cpu", "onnxruntime_genai": onnxruntime_genai.__version__,
+        "backend": "onnxruntime-genai", "dtype": precision, "weights": f"{precision} weight-only (MatMulNBits)" if precision != "fp32" else "fp32 (not quantized)",
+        "builder": " ".join([BUILDER_MODULE, "-p", precision, "-e", "cpu", *command[command.index("hf_token=false") + 1:]]),
+        "onnxruntime_genai": onnxruntime_genai.__version__,
         "kv_cache": True, "intra_op_num_threads": threads,
         **({"eos_ids_dropped": dropped} if dropped else {}),
         "builder_seconds": round(time.perf_counter() - started, 2),
@@ -342,7 +346,8 @@ class GenaiModel:
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 20,
-                 do_sample: bool = False, max_length: int | None = None, **kwargs: Any) -> Any:
+                 do_sample: bool = False, max_length: int | None = None, min_new_tokens: int | None = None,
+                 **kwargs: Any) -> Any:
         """Greedy decoding like transformers' ``generate``: prompt + new tokens per row, stopping at
         the EOS token of genai_config.json; rows of a batch are padded on the right with the pad
         token to one length (each row is decoded on its own, its padding per ``attention_mask`` left
@@ -376,6 +381,8 @@ class GenaiModel:
             # smaller than its window, so the buffer may be longer and the loop counts tokens.
             buffer = max(limit, window) if not context else min(max(limit, window), context)
             params.set_search_options(do_sample=False, max_length=int(buffer))
+            if min_new_tokens:  # EOS is ignored until then (timing a fixed number of tokens)
+                params.set_search_options(min_length=min(int(buffer), len(prompt) + int(min_new_tokens)))
             generator = og.Generator(self.genai_model, params)
             generator.append_tokens(prompt[None])
             while not generator.is_done() and generator.token_count() < limit:

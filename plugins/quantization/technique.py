@@ -17,11 +17,12 @@ from hfcompress.plugin import (
     Technique,
 )
 
-from .auto import run_auto
+from .auto import run_auto, run_auto_decoder
 from .backends import (
     BACKEND_FORMAT,
     CANDIDATES,
     DEFAULT_CANDIDATES,
+    DEFAULT_CANDIDATES_CAUSAL_LM,
     FORMAT_ORDER,
     TECHNIQUE,
     backend_module,
@@ -53,7 +54,8 @@ class Quantization(Technique[QuantizationConfig]):
     def output_format(self, config: QuantizationConfig) -> str:
         if config.backend != "auto":
             return BACKEND_FORMAT[config.backend]
-        names = config.candidates or [n for names in DEFAULT_CANDIDATES.values() for n in names]
+        names = config.candidates or [n for table in (DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_CAUSAL_LM)
+                                      for names in table.values() for n in names]
         formats = {BACKEND_FORMAT[CANDIDATES[n]["backend"]] for n in names}
         return max(formats, key=FORMAT_ORDER.index)
 
@@ -78,6 +80,8 @@ class Quantization(Technique[QuantizationConfig]):
 
     def apply(self, state: ModelState, config: QuantizationConfig, ctx: StepContext) -> StepResult:
         texts = calibration_texts(ctx, config)
+        if config.backend == "auto" and state.task == "text-generation":
+            return run_auto_decoder(state, config, ctx, texts)
         reference = reduced_outputs(state, texts, config)
         if config.backend == "auto":
             return run_auto(state, config, ctx, texts, reference)

@@ -68,7 +68,7 @@ def _cos(a, b) -> float:  # type: ignore[no-untyped-def]
     [
         ({"backend": "onnxruntime", "dtype": "int4"}, "dtype 'int4' is not supported by backend 'onnxruntime'; allowed: int8"),
         ({"backend": "torch", "dtype": "int8"}, "allowed: bf16, fp16"),
-        ({"backend": "quanto", "dtype": "int3"}, "'int8', 'int4', 'fp8', 'bf16' or 'fp16'"),
+        ({"backend": "quanto", "dtype": "int3"}, "'int8', 'int4', 'fp8', 'bf16', 'fp16' or 'fp32'"),
         ({"backend": "auto", "candidates": ["onnxruntime:int4"]}, "allowed: torch:bf16"),
         ({"backend": "torch", "mode": "static"}, "onnxruntime options"),
         ({"backend": "onnxruntime", "activations": "int8"}, "activations is a quanto option"),
@@ -112,7 +112,8 @@ def test_output_format_declares_the_furthest_format() -> None:
     assert technique.output_format(_config(backend="torch")) == "pytorch"
     assert technique.output_format(_config(backend="quanto")) == "quanto"
     assert technique.output_format(_config(backend="onnxruntime")) == "onnx"
-    assert technique.output_format(_config(backend="auto")) == "onnx"
+    # the causal-LM defaults (onnxruntime-genai) are among the candidates auto may pick
+    assert technique.output_format(_config(backend="auto")) == "onnx-genai"
     assert technique.output_format(_config(backend="auto", candidates=["torch:bf16", "quanto:int8"])) == "quanto"
 
 
