@@ -154,10 +154,10 @@ class DecoderSuite:
             enc = self.tokenizer(self.eval_texts[i : i + s.batch_size], padding="max_length", truncation=True,
                                  max_length=s.sequence_length, return_tensors="pt")
             self.chunks.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-        from hfcompress.generation import prompts
+        from hfcompress.generation import prompt_ids
 
         # prompts from the end of the drawn subset: not the perplexity texts' own starts
-        self.prompts = prompts(self.tokenizer, self.eval_texts[::-1][: s.agreement_prompts])
+        self.prompts = prompt_ids(self.tokenizer, self.eval_texts[::-1][: s.agreement_prompts])
         self.prompt = {"input_ids": self.prompts[0]}
         self.reference: list[list[int]] | None = None
 

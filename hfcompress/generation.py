@@ -4,7 +4,7 @@ Shared by the quantization step's ``auto`` choice for causal LMs, the ``generati
 and the decoder benchmark, so the numbers on a card, in a step's changes and in a benchmark are
 the same measurement:
 
-- :func:`prompts`: unpadded prompts of at most ``max_tokens`` token ids each, from the tokenizer
+- :func:`prompt_ids`: unpadded prompts of at most ``max_tokens`` token ids each, from the tokenizer
   once: every model gets identical ids (same BOS handling), or nothing compares;
 - :func:`continuations` / :func:`greedy_agreement`: greedy decoding of ``new_tokens`` tokens
   (EOS ignored until then) and the share of positions where a model's tokens equal the
@@ -31,7 +31,7 @@ NEW_TOKENS = 32
 PROMPT_TOKENS = 24
 
 
-def prompts(tokenizer: Any, texts: list[str], max_tokens: int = PROMPT_TOKENS) -> list[Any]:
+def prompt_ids(tokenizer: Any, texts: list[str], max_tokens: int = PROMPT_TOKENS) -> list[Any]:
     """One ``(1, n)`` LongTensor of token ids per non-empty text, cut to ``max_tokens``."""
     out = []
     for text in texts:
@@ -57,13 +57,14 @@ def greedy(model: Any, prompt: Any, new_tokens: int, pad_token_id: int | None = 
     return [int(t) for t in out[0, prompt.shape[1]:].tolist()]
 
 
-def continuations(model: Any, prompt_ids: list[Any], new_tokens: int = NEW_TOKENS, threads: int = 1,
+def continuations(model: Any, prompts: list[Any], new_tokens: int = NEW_TOKENS, threads: int = 1,
                   pad_token_id: int | None = None) -> list[list[int]]:
+    """``greedy`` for each prompt, PyTorch (and the model's runtime) pinned to ``threads``."""
     from .model_io import fixed_threads
 
     _pin(model, threads)
     with fixed_threads(threads):
-        return [greedy(model, p, new_tokens, pad_token_id) for p in prompt_ids]
+        return [greedy(model, p, new_tokens, pad_token_id) for p in prompts]
 
 
 def greedy_agreement(reference: list[list[int]], candidate: list[list[int]]) -> dict[str, float]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .artifact import find_onnx_file, load_state, onnx_file_for, save_state
     from .cache import cache_dir
     from .evaluation import collect_outputs, load_metric
+    from .generation import continuations, decode_speed, greedy, greedy_agreement, perplexity, prompt_ids
     from .model_io import fixed_threads, forward, mean_pool, model_device, reduce_output, tokenize
     from .models import AUTO_CLASSES, load_config, load_model, load_tokenizer, num_parameters, resolve_model
 
@@ -42,6 +43,9 @@ HELPERS = {
     "save_state": "artifact", "load_state": "artifact", "find_onnx_file": "artifact", "onnx_file_for": "artifact",
     "collect_outputs": "evaluation", "load_metric": "evaluation",
     "cache_dir": "cache",
+    # causal LMs: greedy generation measured the same way everywhere (hfcompress.generation)
+    "prompt_ids": "generation", "greedy": "generation", "continuations": "generation",
+    "greedy_agreement": "generation", "decode_speed": "generation", "perplexity": "generation",
 }
 
 
@@ -72,9 +76,13 @@ __all__ = [
     "TechniqueConfig",
     "cache_dir",
     "collect_outputs",
+    "continuations",
+    "decode_speed",
     "find_onnx_file",
     "fixed_threads",
     "forward",
+    "greedy",
+    "greedy_agreement",
     "hookimpl",
     "load_config",
     "load_metric",
@@ -85,6 +93,8 @@ __all__ = [
     "model_device",
     "num_parameters",
     "onnx_file_for",
+    "perplexity",
+    "prompt_ids",
     "reduce_output",
     "resolve_model",
     "save_state",

@@ -27,10 +27,10 @@ SPEED_NEW_TOKENS = 64
 
 
 def _prompts(ctx: EvalContext) -> list[Any]:
-    from hfcompress.generation import prompts
+    from hfcompress.plugin import prompt_ids
 
     texts = [t for t in (ctx.data["text"] if ctx.data is not None else []) if isinstance(t, str) and t.strip()]
-    return prompts(ctx.state.tokenizer, texts[: min(PROMPTS, ctx.settings.max_samples)])
+    return prompt_ids(ctx.state.tokenizer, texts[: min(PROMPTS, ctx.settings.max_samples)])
 
 
 def _pad_id(ctx: EvalContext) -> int | None:
@@ -40,7 +40,7 @@ def _pad_id(ctx: EvalContext) -> int | None:
 
 def reference_continuations(ctx: EvalContext) -> list[list[int]]:
     """The base model's greedy tokens for this context's prompts (computed once, cached on it)."""
-    from hfcompress.generation import continuations
+    from hfcompress.plugin import continuations
 
     cached = ctx.cache.get("greedy")
     if cached is None:
@@ -67,20 +67,20 @@ class Generation(Evaluator):
                 and ctx.data is not None and len(ctx.data) > 0)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress.generation import continuations, decode_speed, greedy_agreement
+        from hfcompress.plugin import continuations, decode_speed, greedy_agreement
 
-        prompt_ids = _prompts(ctx)
-        if not prompt_ids:
+        prompts = _prompts(ctx)
+        if not prompts:
             return {}
         result: dict[str, float] = {
-            **decode_speed(ctx.state.model, prompt_ids[0], new_tokens=SPEED_NEW_TOKENS, repeats=min(3, ctx.settings.repeats),
+            **decode_speed(ctx.state.model, prompts[0], new_tokens=SPEED_NEW_TOKENS, repeats=min(3, ctx.settings.repeats),
                            threads=ctx.settings.threads, pad_token_id=_pad_id(ctx)),
-            "generation_prompts": float(len(prompt_ids)), "generation_new_tokens": float(SPEED_NEW_TOKENS),
+            "generation_prompts": float(len(prompts)), "generation_new_tokens": float(SPEED_NEW_TOKENS),
         }
         if ctx.reference is None:
             reference_continuations(ctx)  # the compressed model compares with these
             return result
-        mine = continuations(ctx.state.model, prompt_ids, threads=ctx.settings.threads, pad_token_id=_pad_id(ctx))
+        mine = continuations(ctx.state.model, prompts, threads=ctx.settings.threads, pad_token_id=_pad_id(ctx))
         agreement = greedy_agreement(reference_continuations(ctx.reference), mine)
         result["greedy_agreement"] = agreement["greedy_agreement"]
         result["greedy_matching_prefix"] = agreement["matching_prefix"]

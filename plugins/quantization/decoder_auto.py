@@ -44,18 +44,18 @@ class Probe:
     """The calibration texts as token ids, and the input model's numbers on them."""
 
     def __init__(self, state: ModelState, texts: list[str], config: QuantizationConfig) -> None:
-        from hfcompress.generation import continuations, perplexity, prompts
+        from hfcompress.plugin import continuations, perplexity, prompt_ids
 
         self.config = config
-        self.ids = prompts(state.tokenizer, texts, max_tokens=PERPLEXITY_TOKENS)
+        self.ids = prompt_ids(state.tokenizer, texts, max_tokens=PERPLEXITY_TOKENS)
         # prompts come from the end of the texts, so they are not the perplexity's first tokens
-        self.prompts = prompts(state.tokenizer, list(reversed(texts))[: config.agreement_prompts])
+        self.prompts = prompt_ids(state.tokenizer, list(reversed(texts))[: config.agreement_prompts])
         self.pad_id = _pad_id(state)
         self.perplexity = perplexity(state.model, self.ids, config.threads)
         self.greedy = continuations(state.model, self.prompts, threads=config.threads, pad_token_id=self.pad_id)
 
     def quality(self, state: ModelState) -> dict[str, float]:
-        from hfcompress.generation import continuations, greedy_agreement, perplexity
+        from hfcompress.plugin import continuations, greedy_agreement, perplexity
 
         ppl = perplexity(state.model, self.ids, self.config.threads)
         mine = continuations(state.model, self.prompts, threads=self.config.threads, pad_token_id=self.pad_id)
@@ -76,8 +76,7 @@ def decode_round_robin(states: dict[str, ModelState], prompt: Any, rounds: int, 
                        pad_id: int | None) -> dict[str, dict[str, float]]:
     """Decode tokens/s and time to first token per state, one measurement of each in turn per round
     (a busy neighbour then slows all alike), medians over ``rounds`` after one warm-up each."""
-    from hfcompress.generation import greedy
-    from hfcompress.plugin import fixed_threads
+    from hfcompress.plugin import fixed_threads, greedy
 
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in states}
     with fixed_threads(threads):

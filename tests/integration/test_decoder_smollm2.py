@@ -41,7 +41,7 @@ def test_smollm2_int8_keeps_perplexity_and_generates_with_the_runtime_alone(hf_c
     from hfcompress_plugins.quantization import Quantization, QuantizationConfig
 
     import hfcompress
-    from hfcompress.generation import perplexity, prompts
+    from hfcompress.generation import perplexity, prompt_ids
 
     splits = load_data(DataConfig.model_validate("vader:movie"))
     base = load_model(resolve_model("builtin:SmolLM2-135M"), "text-generation")
@@ -50,7 +50,7 @@ def test_smollm2_int8_keeps_perplexity_and_generates_with_the_runtime_alone(hf_c
     result = Quantization().apply(base, QuantizationConfig(backend="onnxruntime-genai", dtype="int8"), ctx)
     out = tmp_path / "out"
     save_state(result.state, out)
-    ids = prompts(base.tokenizer, list(splits.eval["text"][:32]), max_tokens=64)
+    ids = prompt_ids(base.tokenizer, list(splits.eval["text"][:32]), max_tokens=64)
     base_ppl, ppl = perplexity(base.model, ids), perplexity(hfcompress.load(out), ids)
     print(f"SmolLM2 genai int8: perplexity {ppl:.2f} vs fp32 {base_ppl:.2f}")
     assert abs(ppl / base_ppl - 1) < 0.01  # measured +0.2% on 64 sentences

@@ -166,7 +166,7 @@ def test_builtin_evaluators_declare_exactly_what_they_return(tmp_path: Path) -> 
 
     registry = get_registry()
     builtins = sorted(n for n, r in registry.evaluators.items() if r.plugin.distribution == "hfcompress")
-    assert builtins == ["fidelity", "size", "speed", "task-metrics"]
+    assert builtins == ["fidelity", "generation", "size", "speed", "task-metrics"]
     settings = EvalSettings(batch_size=4, sequence_length=16, warmup=0, repeats=1)
     texts = [f"sentence number {i} is {'good' if i % 2 else 'bad'}" for i in range(12)]
     # binary labels give f1, three classes f1_macro; an encoder gives the probe, an LM perplexity

@@ -126,9 +126,9 @@ def test_generation_evaluator_measures_speed_and_agreement(llama: Path, tmp_path
     metrics = block["metrics"]
     assert metrics["decode_tokens_per_s"] > 0 and metrics["ttft_ms"] > 0
     # the evaluator's number is the shared routine's, on the held-out texts cut to 24 tokens
-    from hfcompress.generation import continuations, prompts
+    from hfcompress.generation import continuations, prompt_ids
 
-    ids = prompts(base.tokenizer, TEXTS)
+    ids = prompt_ids(base.tokenizer, TEXTS)
     expected = greedy_agreement(continuations(base.model, ids, pad_token_id=base.tokenizer.pad_token_id),
                                 continuations(int8.model, ids, pad_token_id=base.tokenizer.pad_token_id))
     assert metrics["greedy_agreement"] == expected["greedy_agreement"] > 0.5  # measured 0.86 over 32 tokens
