@@ -85,7 +85,7 @@ def run_auto_decoder(state: ModelState, config: QuantizationConfig, ctx: StepCon
     from . import decoder_auto
 
     names = candidate_names(config, device_of(state).type, state.task)
-    return decoder_auto.run(state, config, ctx, texts, names, skip_reason, _work_dir, _none_passed)
+    return decoder_auto.run(state, config, ctx, texts, names, skip_reason, _work_dir, conclude)
 
 
 def run_auto(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: list[str],
@@ -118,6 +118,12 @@ def run_auto(state: ModelState, config: QuantizationConfig, ctx: StepContext, te
         "input_latency_ms": timings["input"], "candidates": list(measured.values()),
     }
     best = pick(passing, measured, timings, config.tie_margin) if passing else None
+    return conclude(state, config, ctx, measured, passing, best, changes)
+
+
+def conclude(state: ModelState, config: QuantizationConfig, ctx: StepContext, measured: dict[str, dict[str, Any]],
+             passing: dict[str, ModelState], best: str | None, changes: dict[str, Any]) -> StepResult:
+    """The step's result once ``best`` is picked (None: no candidate passed); only its files stay."""
     for name in measured:  # drop the other candidates' exports from the work dir
         if name != best:
             shutil.rmtree(_work_dir(ctx, name), ignore_errors=True)

@@ -16,7 +16,6 @@ perplexity. So for ``text-generation`` each candidate is measured with :mod:`hfc
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -132,8 +131,8 @@ def pick(passing: list[str], measured: dict[str, dict[str, Any]], margin: float)
 
 
 def run(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: list[str], names: list[str],
-        skip_reason: Any, work_dir: Any, none_passed: Any) -> StepResult:
-    """``auto`` for a causal LM; ``skip_reason``/``work_dir``/``none_passed`` are auto's own helpers."""
+        skip_reason: Any, work_dir: Any, conclude: Any) -> StepResult:
+    """``auto`` for a causal LM; ``skip_reason``/``work_dir``/``conclude`` are auto's own helpers."""
     from hfcompress.plugin import model_device
 
     device = model_device(state)
@@ -167,12 +166,4 @@ def run(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: 
         "candidates": list(measured.values()),
     }
     best = pick(list(passing), measured, config.tie_margin) if passing else None
-    for name in measured:  # drop the other candidates' exports from the work dir
-        if name != best:
-            shutil.rmtree(work_dir(ctx, name), ignore_errors=True)
-    if best is None:
-        return none_passed(state, config, measured, changes)
-    changes["chosen"] = best
-    chosen = passing[best]
-    chosen.info.setdefault("quantization", {})["auto"] = {"chosen": best, "candidates": list(measured)}
-    return StepResult(chosen, changes)
+    return conclude(state, config, ctx, measured, passing, best, changes)
