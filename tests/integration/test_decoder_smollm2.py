@@ -53,7 +53,7 @@ def test_smollm2_int8_keeps_perplexity_and_generates_with_the_runtime_alone(hf_c
     ids = prompt_ids(base.tokenizer, list(splits.eval["text"][:32]), max_tokens=64)
     base_ppl, ppl = perplexity(base.model, ids), perplexity(hfcompress.load(out), ids)
     print(f"SmolLM2 genai int8: perplexity {ppl:.2f} vs fp32 {base_ppl:.2f}")
-    assert abs(ppl / base_ppl - 1) < 0.01  # measured +0.2% on 64 sentences
+    assert abs(ppl / base_ppl - 1) < 0.01  # measured 191.74 vs 192.19 (-0.2%) on these 32 sentences
     prompt = ids[0][:, :16]
     ours = hfcompress.load(out).generate(prompt, max_new_tokens=24, do_sample=False)[0].tolist()
     proc = subprocess.run([sys.executable, "-c", BARE, str(out), json.dumps(prompt[0].tolist()), "24"],
