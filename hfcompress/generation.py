@@ -9,8 +9,9 @@ the same measurement:
 - :func:`continuations` / :func:`greedy_agreement`: greedy decoding of ``new_tokens`` tokens
   (EOS ignored until then) and the share of positions where a model's tokens equal the
   reference's, averaged over prompts (``matching_prefix``: the mean length of the identical start);
-- :func:`decode_speed`: time to first token (prompt + one new token) and decode tokens/s
-  (``(n - 1) / (t(n) - t(1))``: the prefill and first token excluded), medians over repeats;
+- :func:`decode_speeds` / :func:`decode_speed`: time to first token (prompt + one new token) and
+  decode tokens/s (``(n - 1) / (t(n) - t(1))``: the prefill and first token excluded), models
+  timed in turn, medians over rounds;
 - :func:`perplexity`: ``exp(mean NLL)`` over every predicted token of unpadded texts.
 
 A model only needs transformers' calling convention: ``model(input_ids=...).logits`` and
@@ -24,7 +25,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 NEW_TOKENS = 32
@@ -81,29 +81,48 @@ def greedy_agreement(reference: list[list[int]], candidate: list[list[int]]) -> 
             "matching_prefix": round(statistics.fmean(prefixes), 2)}
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: allocations, kernel selection, lazy sessions
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def pad_id(tokenizer: Any) -> int | None:
+    """The pad id ``generate`` gets: the tokenizer's, else its EOS (causal LMs often have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def decode_speeds(models: dict[str, Any], prompt: Any, new_tokens: int = 64, rounds: int = 3, threads: int = 1,
+                  pad_token_id: int | None = None) -> dict[str, dict[str, float]]:
+    """``ttft_ms`` (prompt + 1 token) and ``decode_tokens_per_s`` at batch 1, greedy, per model.
+
+    After one warm-up each, every round times each model in turn (1 token, then ``new_tokens``):
+    on a shared machine a busy neighbour then slows all of them alike. Medians over ``rounds``.
+    """
+    from .model_io import fixed_threads
+
+    if new_tokens < 2:
+        raise ValueError("decode_speeds needs new_tokens >= 2")
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+    with fixed_threads(threads):
+        for model in models.values():
+            _pin(model, threads)
+            greedy(model, prompt, 2, pad_token_id)  # warm-up: allocations, kernel selection, lazy sessions
+        for _ in range(rounds):
+            for name, model in models.items():
+                started = time.perf_counter()
+                greedy(model, prompt, 1, pad_token_id)
+                first = time.perf_counter() - started
+                started = time.perf_counter()
+                greedy(model, prompt, new_tokens, pad_token_id)
+                runs[name].append((first, time.perf_counter() - started))
+    out = {}
+    for name, pairs in runs.items():
+        first = statistics.median(p[0] for p in pairs)
+        full = statistics.median(p[1] for p in pairs)
+        out[name] = {"ttft_ms": round(first * 1000.0, 2),
+                     "decode_tokens_per_s": round((new_tokens - 1) / max(full - first, 1e-9), 2)}
+    return out
 
 
 def decode_speed(model: Any, prompt: Any, new_tokens: int = 64, repeats: int = 3, threads: int = 1,
                  pad_token_id: int | None = None) -> dict[str, float]:
-    """``ttft_ms`` (prompt + 1 token) and ``decode_tokens_per_s`` at batch 1, greedy."""
-    from .model_io import fixed_threads
-
-    if new_tokens < 2:
-        raise ValueError("decode_speed needs new_tokens >= 2")
-    _pin(model, threads)
-    with fixed_threads(threads):
-        first = _median_seconds(lambda: greedy(model, prompt, 1, pad_token_id), repeats)
-        full = _median_seconds(lambda: greedy(model, prompt, new_tokens, pad_token_id), repeats)
-    return {"ttft_ms": round(first * 1000.0, 2),
-            "decode_tokens_per_s": round((new_tokens - 1) / max(full - first, 1e-9), 2)}
+    """:func:`decode_speeds` for one model."""
+    return decode_speeds({"model": model}, prompt, new_tokens, repeats, threads, pad_token_id)["model"]
 
 
 def perplexity(model: Any, ids: list[Any], threads: int = 1) -> float:

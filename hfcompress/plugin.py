@@ -28,7 +28,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .artifact import find_onnx_file, load_state, onnx_file_for, save_state
     from .cache import cache_dir
     from .evaluation import collect_outputs, load_metric
-    from .generation import continuations, decode_speed, greedy, greedy_agreement, perplexity, prompt_ids
+    from .generation import (
+        continuations,
+        decode_speed,
+        decode_speeds,
+        greedy_agreement,
+        pad_id,
+        perplexity,
+        prompt_ids,
+    )
     from .model_io import fixed_threads, forward, mean_pool, model_device, reduce_output, tokenize
     from .models import AUTO_CLASSES, load_config, load_model, load_tokenizer, num_parameters, resolve_model
 
@@ -44,8 +52,9 @@ HELPERS = {
     "collect_outputs": "evaluation", "load_metric": "evaluation",
     "cache_dir": "cache",
     # causal LMs: greedy generation measured the same way everywhere (hfcompress.generation)
-    "prompt_ids": "generation", "greedy": "generation", "continuations": "generation",
-    "greedy_agreement": "generation", "decode_speed": "generation", "perplexity": "generation",
+    "prompt_ids": "generation", "pad_id": "generation", "continuations": "generation",
+    "greedy_agreement": "generation", "decode_speed": "generation", "decode_speeds": "generation",
+    "perplexity": "generation",
 }
 
 
@@ -78,10 +87,10 @@ __all__ = [
     "collect_outputs",
     "continuations",
     "decode_speed",
+    "decode_speeds",
     "find_onnx_file",
     "fixed_threads",
     "forward",
-    "greedy",
     "greedy_agreement",
     "hookimpl",
     "load_config",
@@ -93,6 +102,7 @@ __all__ = [
     "model_device",
     "num_parameters",
     "onnx_file_for",
+    "pad_id",
     "perplexity",
     "prompt_ids",
     "reduce_output",

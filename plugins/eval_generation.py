@@ -33,20 +33,17 @@ def _prompts(ctx: EvalContext) -> list[Any]:
     return prompt_ids(ctx.state.tokenizer, texts[: min(PROMPTS, ctx.settings.max_samples)])
 
 
-def _pad_id(ctx: EvalContext) -> int | None:
-    tok = ctx.state.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+def _continuations(ctx: EvalContext, prompts: list[Any]) -> list[list[int]]:
+    from hfcompress.plugin import continuations, pad_id
+
+    return continuations(ctx.state.model, prompts, threads=ctx.settings.threads, pad_token_id=pad_id(ctx.state.tokenizer))
 
 
 def reference_continuations(ctx: EvalContext) -> list[list[int]]:
     """The base model's greedy tokens for this context's prompts (computed once, cached on it)."""
-    from hfcompress.plugin import continuations
-
-    cached = ctx.cache.get("greedy")
-    if cached is None:
-        cached = continuations(ctx.state.model, _prompts(ctx), threads=ctx.settings.threads, pad_token_id=_pad_id(ctx))
-        ctx.cache["greedy"] = cached
-    return list(cached)
+    if "greedy" not in ctx.cache:
+        ctx.cache["greedy"] = _continuations(ctx, _prompts(ctx))
+    return list(ctx.cache["greedy"])
 
 
 class Generation(Evaluator):
@@ -67,20 +64,20 @@ class Generation(Evaluator):
                 and ctx.data is not None and len(ctx.data) > 0)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress.plugin import continuations, decode_speed, greedy_agreement
+        from hfcompress.plugin import decode_speed, greedy_agreement, pad_id
 
         prompts = _prompts(ctx)
         if not prompts:
             return {}
         result: dict[str, float] = {
             **decode_speed(ctx.state.model, prompts[0], new_tokens=SPEED_NEW_TOKENS, repeats=min(3, ctx.settings.repeats),
-                           threads=ctx.settings.threads, pad_token_id=_pad_id(ctx)),
+                           threads=ctx.settings.threads, pad_token_id=pad_id(ctx.state.tokenizer)),
             "generation_prompts": float(len(prompts)), "generation_new_tokens": float(SPEED_NEW_TOKENS),
         }
         if ctx.reference is None:
-            reference_continuations(ctx)  # the compressed model compares with these
+            ctx.cache["greedy"] = _continuations(ctx, prompts)  # the compressed model compares with these
             return result
-        mine = continuations(ctx.state.model, prompts, threads=ctx.settings.threads, pad_token_id=_pad_id(ctx))
+        mine = _continuations(ctx, prompts)
         agreement = greedy_agreement(reference_continuations(ctx.reference), mine)
         result["greedy_agreement"] = agreement["greedy_agreement"]
         result["greedy_matching_prefix"] = agreement["matching_prefix"]

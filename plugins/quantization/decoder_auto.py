@@ -16,7 +16,6 @@ perplexity. So for ``text-generation`` each candidate is measured with :mod:`hfc
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,22 +33,17 @@ PERPLEXITY_TOKENS = 64  # each calibration text cut to this many tokens, unpadde
 SPEED_NEW_TOKENS = 64
 
 
-def _pad_id(state: ModelState) -> int | None:
-    tok = state.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 class Probe:
     """The calibration texts as token ids, and the input model's numbers on them."""
 
     def __init__(self, state: ModelState, texts: list[str], config: QuantizationConfig) -> None:
-        from hfcompress.plugin import continuations, perplexity, prompt_ids
+        from hfcompress.plugin import continuations, pad_id, perplexity, prompt_ids
 
         self.config = config
         self.ids = prompt_ids(state.tokenizer, texts, max_tokens=PERPLEXITY_TOKENS)
         # prompts come from the end of the texts, so they are not the perplexity's first tokens
         self.prompts = prompt_ids(state.tokenizer, list(reversed(texts))[: config.agreement_prompts])
-        self.pad_id = _pad_id(state)
+        self.pad_id = pad_id(state.tokenizer)
         self.perplexity = perplexity(state.model, self.ids, config.threads)
         self.greedy = continuations(state.model, self.prompts, threads=config.threads, pad_token_id=self.pad_id)
 
@@ -69,36 +63,6 @@ class Probe:
         if quality["greedy_agreement"] < c.min_greedy_agreement:
             return f"greedy agreement {quality['greedy_agreement']:.3f} < min_greedy_agreement {c.min_greedy_agreement}"
         return None
-
-
-def decode_round_robin(states: dict[str, ModelState], prompt: Any, rounds: int, threads: int,
-                       pad_id: int | None) -> dict[str, dict[str, float]]:
-    """Decode tokens/s and time to first token per state, one measurement of each in turn per round
-    (a busy neighbour then slows all alike), medians over ``rounds`` after one warm-up each."""
-    from hfcompress.plugin import fixed_threads, greedy
-
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in states}
-    with fixed_threads(threads):
-        for state in states.values():
-            setter = getattr(state.model, "set_num_threads", None)
-            if setter is not None:
-                setter(threads)
-            greedy(state.model, prompt, 2, pad_id)
-        for _ in range(rounds):
-            for name, state in states.items():
-                started = time.perf_counter()
-                greedy(state.model, prompt, 1, pad_id)
-                first = time.perf_counter() - started
-                started = time.perf_counter()
-                greedy(state.model, prompt, SPEED_NEW_TOKENS, pad_id)
-                runs[name].append((first, time.perf_counter() - started))
-    out = {}
-    for name, pairs in runs.items():
-        first = statistics.median(p[0] for p in pairs)
-        full = statistics.median(p[1] for p in pairs)
-        out[name] = {"decode_tokens_per_s": round((SPEED_NEW_TOKENS - 1) / max(full - first, 1e-9), 2),
-                     "ttft_ms": round(first * 1000.0, 2)}
-    return out
 
 
 def _try(name: str, row: dict[str, Any], state: ModelState, config: QuantizationConfig, texts: list[str],
@@ -133,7 +97,7 @@ def pick(passing: list[str], measured: dict[str, dict[str, Any]], margin: float)
 def run(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: list[str], names: list[str],
         skip_reason: Any, work_dir: Any, conclude: Any) -> StepResult:
     """``auto`` for a causal LM; ``skip_reason``/``work_dir``/``conclude`` are auto's own helpers."""
-    from hfcompress.plugin import model_device
+    from hfcompress.plugin import decode_speeds, model_device
 
     device = model_device(state)
     probe = Probe(state, texts, config)
@@ -145,8 +109,8 @@ def run(state: ModelState, config: QuantizationConfig, ctx: StepContext, texts: 
                          skip_reason(name, device, state))
         if candidate is not None:
             passing[name] = candidate
-    speed = decode_round_robin({"input": state, **passing}, probe.prompts[0], config.timing_batches,
-                               config.threads, probe.pad_id)
+    speed = decode_speeds({name: s.model for name, s in {"input": state, **passing}.items()}, probe.prompts[0],
+                          SPEED_NEW_TOKENS, config.timing_batches, config.threads, probe.pad_id)
     for name in passing:
         measured[name].update(speed[name])
         measured[name]["decode_speedup"] = round(speed[name]["decode_tokens_per_s"]

@@ -120,9 +120,9 @@ def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: i
     model.save_pretrained(str(hf_dir))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(hf_dir))
+    extra = [f"{key}={value}" for key, value in sorted((options or {}).items())]
     command = [sys.executable, "-m", BUILDER_MODULE, "-i", str(hf_dir), "-o", str(out_dir), "-p", precision,
-               "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false",
-               *(f"{key}={value}" for key, value in sorted((options or {}).items()))]
+               "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false", *extra]
     started = time.perf_counter()
     log_file = work_dir / "builder.log"
     with open(log_file, "w") as log:
@@ -138,8 +138,9 @@ def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: i
     shutil.rmtree(hf_dir, ignore_errors=True)
     shutil.rmtree(cache_dir, ignore_errors=True)
     details = {
-        "backend": "onnxruntime-genai", "dtype": precision, "weights": f"{precision} weight-only (MatMulNBits)" if precision != "fp32" else "fp32 (not quantized)",
-        "builder": " ".join([BUILDER_MODULE, "-p", precision, "-e", "cpu", *command[command.index("hf_token=false") + 1:]]),
+        "backend": "onnxruntime-genai", "dtype": precision,
+        "weights": "fp32 (not quantized)" if precision == "fp32" else f"{precision} weight-only (MatMulNBits)",
+        "builder": " ".join([BUILDER_MODULE, "-p", precision, "-e", "cpu", *extra]),
         "onnxruntime_genai": onnxruntime_genai.__version__,
         "kv_cache": True, "intra_op_num_threads": threads,
         **({"eos_ids_dropped": dropped} if dropped else {}),
