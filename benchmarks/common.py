@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .flops import linear_shapes, linear_shapes_onnx
+from .flops import linear_shapes, linear_shapes_onnx, linear_shapes_openvino, openvino_compute_dtype
 from .harness import Built
 
 log = logging.getLogger("benchmarks")
@@ -158,6 +158,36 @@ def onnx_built(path: Path, num_parameters: int, compute_dtype: str, info: dict[s
                  info=dict(info or {}, onnx_file=path.name))
 
 
+def openvino_built(path: Path, num_parameters: int, info: dict[str, Any] | None = None) -> Built:
+    """An OpenVINO variant: one compiled model per thread count (``INFERENCE_NUM_THREADS``), CPU
+    plugin defaults otherwise (the precision it picks is what a user gets)."""
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    compiled: dict[int, Any] = {}
+    current: dict[str, Any] = {}
+
+    def set_threads(n: int) -> None:
+        if n not in compiled:
+            compiled[n] = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": n})
+        current["model"] = compiled[n]
+
+    set_threads(1)
+    inputs = {i.any_name for i in model.inputs}
+
+    def forward(batch: dict[str, Any]) -> Any:
+        feed = {k: v.numpy().astype(np.int64) for k, v in batch.items() if k in inputs}
+        return torch.from_numpy(np.array(current["model"](feed)[0], dtype=np.float32))
+
+    size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    return Built(forward=forward, size_bytes=size, num_parameters=num_parameters, shapes=linear_shapes_openvino(path),
+                 compute_dtype=openvino_compute_dtype(path), set_threads=set_threads,
+                 info=dict(info or {}, openvino_file=path.name))
+
+
 def built_from_state(state: Any, folder: Path, task: str) -> Built:
     """A variant from an hfcompress output folder loaded with ``hfcompress.artifact.load_state``."""
     from hfcompress.models import num_parameters
@@ -166,7 +196,10 @@ def built_from_state(state: Any, folder: Path, task: str) -> Built:
     marker = json.loads((folder / "config.json").read_text()).get("hfcompress", {})
     info = {"format": state.format, "loader": marker.get("loader"), "artifact": str(folder)}
     onnx_path = getattr(model, "onnx_file", None) or getattr(model, "path", None)  # onnx_file: onnxruntime-genai
-    if onnx_path is not None and str(onnx_path).endswith(".onnx"):
+    if onnx_path is not None and str(onnx_path).endswith(".xml"):  # an OpenVINO IR
+        shapes, dtype = linear_shapes_openvino(onnx_path), openvino_compute_dtype(onnx_path)
+        params = int(getattr(model, "num_parameters", 0) or 0)
+    elif onnx_path is not None and str(onnx_path).endswith(".onnx"):
         shapes = linear_shapes_onnx(onnx_path)
         import onnx
 

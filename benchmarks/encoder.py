@@ -61,12 +61,15 @@ class EncoderSettings:
     finetune_epochs: int = 2
     distill_max_steps: int | None = None  # None: the recipes' own values
     compress_eval_samples: int = 128  # hfcompress' own evaluation inside compress(); we measure separately
+    transfer_per_part: int = 256  # transfer probes: training and test sentences per vader:tweets/amazon/nyt
+    openvino_calibration: int = 300  # NNCF's default subset_size, as a user calls nncf.quantize
     warmup: int = 2
     repeats: int = 12
 
     @classmethod
     def quick(cls) -> EncoderSettings:
         return cls(eval_samples=256, probe_train_samples=1000, finetune_samples=640, finetune_epochs=1, distill_max_steps=25,
+                   transfer_per_part=64, openvino_calibration=64,
                    compress_eval_samples=32, warmup=1, repeats=5)
 
 
@@ -135,6 +138,7 @@ class EncoderSuite:
         from sklearn.preprocessing import StandardScaler
 
         # Trained once, on the base model's embeddings; every variant is scored with these probes.
+        self._prepare_transfer()
         labels = list(probe_train["label"])
         self.probe = LogisticRegression(max_iter=2000, C=1.0).fit(l2_normalize(train_emb.numpy()), labels)
         self.probe_standardized = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
@@ -142,6 +146,16 @@ class EncoderSuite:
         self.probe_info = {"train_samples": len(probe_train), "eval_samples": len(self.eval_texts),
                            "model": "LogisticRegression(C=1.0) on L2-normalised mean-pooled embeddings",
                            "model_standardized": "StandardScaler + LogisticRegression(C=1.0) on raw mean-pooled embeddings"}
+
+    def _prepare_transfer(self) -> None:
+        """Token batches of the transfer-probe data sets (not the distillation data), as the
+        ``transfer-probes`` evaluator cuts them."""
+        from hfcompress_plugins.eval_transfer import SOURCES, _parts
+
+        self.transfer: dict[str, tuple[list[dict[str, Any]], list[int], list[dict[str, Any]], list[int]]] = {}
+        for source in SOURCES:
+            train_x, train_y, test_x, test_y = _parts(source, self.settings.transfer_per_part)
+            self.transfer[source] = (self._chunks(train_x), train_y, self._chunks(test_x), test_y)
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -190,8 +204,24 @@ class EncoderSuite:
         labels = np.array(self.eval_labels)
         acc = float((self.probe.predict(l2_normalize(emb.numpy())) == labels).mean())
         acc_std = float((self.probe_standardized.predict(emb.numpy()) == labels).mean())
+        from hfcompress_plugins.eval_fidelity import neighbour_overlap
+
         return {"cosine_to_base": float(cos.mean()), "cosine_to_base_min": float(cos.min()), "probe_accuracy": acc,
-                "probe_accuracy_standardized": acc_std}
+                "probe_accuracy_standardized": acc_std,
+                "neighbour_overlap_top10": neighbour_overlap(self.base_eval, emb)["fidelity_neighbour_overlap"],
+                **self._transfer_probes(built)}
+
+    def _transfer_probes(self, built: Built) -> dict[str, float]:
+        """The ``transfer-probes`` evaluator's protocol: probes fit on this variant's own embeddings."""
+        from hfcompress_plugins.eval_transfer import metric_name, probe_accuracy
+
+        out = {}
+        for source, (train_chunks, train_y, test_chunks, test_y) in self.transfer.items():
+            train_x = l2_normalize(self._embed(built.forward, train_chunks).double().numpy())
+            test_x = l2_normalize(self._embed(built.forward, test_chunks).double().numpy())
+            out[metric_name(source)] = probe_accuracy(train_x, train_y, test_x, test_y)
+        out["transfer_probe_accuracy"] = sum(out.values()) / len(out)
+        return out
 
     def extra_timings(self, spec: VariantSpec, built: Built, threads: int) -> dict[str, float]:
         return {}
@@ -256,6 +286,35 @@ class EncoderSuite:
         base = self._load_fp32()
         return onnx_built(dst, sum(p.numel() for p in base.parameters()), "int8",
                           disabled_optimizers=disabled_optimizers)
+
+    def _openvino_path(self, dtype: str) -> Path:
+        """The fp32 ONNX export converted to an IR (``openvino.convert_model``), and for int8
+        ``nncf.quantize`` with its defaults for a transformer, as a user calls it: the first
+        ``openvino_calibration`` training sentences (NNCF's default subset_size is 300), one per
+        sample, ``ModelType.TRANSFORMER``. Cached next to the ONNX export."""
+        import openvino as ov
+
+        onnx_path = self._onnx_fp32_path()
+        n = self.settings.openvino_calibration
+        xml = onnx_path.with_name("openvino-fp32.xml" if dtype == "fp32" else f"openvino-int8-nncf-n{n}.xml")
+        if xml.exists():
+            return xml
+        model = ov.convert_model(str(onnx_path))
+        if dtype == "int8":
+            import nncf
+
+            texts = list(self.train["text"][:n])
+            feeds = [{k: v.astype("int64") for k, v in self.tokenizer(t, return_tensors="np").items()} for t in texts]
+            model = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=n)
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        return xml
+
+    def _openvino(self, dtype: str) -> Built:
+        from .common import openvino_built
+
+        base = self._load_fp32()
+        return openvino_built(self._openvino_path(dtype), sum(p.numel() for p in base.parameters()),
+                              {"calibration_sentences": self.settings.openvino_calibration} if dtype == "int8" else None)
 
     def _quanto_int8(self) -> Built:
         from optimum.quanto import freeze, qint8, quantize
@@ -381,6 +440,12 @@ class EncoderSuite:
             VariantSpec("ONNX Runtime dynamic int8, SkipLayerNormFusion off", "onnxruntime.quantization",
                         "the same int8 file, InferenceSession(disabled_optimizers=['SkipLayerNormFusion'])",
                         lambda: self._ort_int8(["SkipLayerNormFusion"])),
+            VariantSpec("OpenVINO fp32", "openvino",
+                        "openvino.convert_model(fp32.onnx); Core().compile_model(xml, 'CPU') with its defaults "
+                        "(the CPU plugin runs float matmuls in bf16 on AVX-512 BF16)", lambda: self._openvino("fp32")),
+            VariantSpec("OpenVINO int8 (NNCF defaults)", "openvino + nncf",
+                        "nncf.quantize(ir, 300 training sentences, model_type=ModelType.TRANSFORMER), defaults "
+                        "otherwise (SmoothQuant, fast bias correction)", lambda: self._openvino("int8")),
             VariantSpec("optimum-quanto int8 weights", "optimum-quanto",
                         "quantize(model, weights=qint8); freeze(model)", self._quanto_int8),
         ]

@@ -32,6 +32,8 @@ __all__ = [
     "gemm_peak",
     "linear_shapes",
     "linear_shapes_onnx",
+    "linear_shapes_openvino",
+    "openvino_compute_dtype",
 ]
 
 # The output projection of each attention block: its input width is heads x head size.
@@ -59,6 +61,45 @@ def _onnx_module_path(node_name: str) -> str:
     """``/encoder/layer.0/attention/self/query/MatMul_quant`` -> ``encoder.layer.0.attention.self.query``."""
     parts = [p for p in node_name.split("/") if p]
     return ".".join(parts[:-1]) if len(parts) > 1 else node_name
+
+
+def linear_shapes_openvino(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Linear layer shapes of an OpenVINO IR converted from our ONNX export, keyed by module path.
+
+    A weight is a rank-2 Constant reached from a MatMul's second input through its decompression
+    chain (NNCF int8: Constant(i8) -> Convert -> Subtract/Multiply); ``transpose_b`` says whether
+    it is stored ``(out, in)``.
+    """
+    import openvino as ov
+
+    out: dict[str, tuple[int, int]] = {}
+    for op in ov.Core().read_model(str(path)).get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        node = op.input_value(1).get_node()
+        for _ in range(6):
+            if node.get_type_name() == "Constant" or node.get_input_size() == 0:
+                break
+            node = node.input_value(0).get_node()
+        shape = [int(d) for d in node.get_output_shape(0)] if node.get_type_name() == "Constant" else []
+        if len(shape) != 2:
+            continue  # activation x activation (attention scores): counted from the projections
+        fin, fout = (shape[1], shape[0]) if op.get_attributes().get("transpose_b") else (shape[0], shape[1])
+        out[_onnx_module_path(op.get_friendly_name())] = (fin, fout)
+    return out
+
+
+def openvino_compute_dtype(path: str | Path) -> str:
+    """``int8`` for an NNCF-quantized IR (FakeQuantize nodes), else the precision OpenVINO's CPU
+    plugin chooses for float matmuls on this machine (``bf16`` with AVX-512 BF16)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+        return "int8"
+    hint = str(core.compile_model(model, "CPU").get_property("INFERENCE_PRECISION_HINT"))
+    return "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
 
 
 def linear_shapes_onnx(path: str | Path) -> dict[str, tuple[int, int]]:

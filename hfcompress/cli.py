@@ -7,11 +7,21 @@ need them, so ``hfcompress --help`` and ``hfcompress plugins`` answer fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
+
+# With --json, stdout carries the JSON document and nothing else. Libraries write to it on their
+# own (NNCF draws its progress bars there), so main() sends everything printed while a command
+# runs to stderr and the command's document goes here, to the stdout main() started with.
+_json_out: TextIO = sys.stdout
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str), file=_json_out, flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = compress(recipe=recipe, output_dir=args.output, push_to=args.push_to, device=args.device,
                       use_cache=not args.no_cache)
     if args.json:
-        print(json.dumps({**result.results, "output_dir": str(result.output_dir), "push": result.push}, indent=2, default=str))
+        _emit_json({**result.results, "output_dir": str(result.output_dir), "push": result.push})
     else:
         print(summary_table(result.results))
         print(f"\nwrote {result.output_dir}")
@@ -132,7 +142,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     data = get_registry().as_json()
     if args.json:
-        print(json.dumps(data, indent=2))
+        _emit_json(data)
         return 0
     for kind in ("techniques", "evaluators", "data_sources"):
         print(f"{kind.replace('_', ' ')}:")
@@ -162,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = EvalSettings(threads=args.threads) if args.threads else None
     results = evaluate_path(args.model, args.data, settings)
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
+        _emit_json(results)
     else:
         block = results.get("model", results)
         for key in ("size_bytes", "num_parameters", "latency_ms"):
@@ -183,8 +193,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         configure_logging(verbose=True)
     result = push_to_hub(Path(args.folder), args.repo_id, private=args.private, revision=args.revision,
                          create_pr=args.create_pr)
-    print(json.dumps(result, indent=2, default=str) if args.json else
-          f"pushed {args.folder} to {args.repo_id}: {result.get('commit_url') or 'no change, nothing committed'}")
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"pushed {args.folder} to {args.repo_id}: {result.get('commit_url') or 'no change, nothing committed'}")
     return 0
 
 
@@ -199,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .errors import HfCompressError
 
+    global _json_out
+    _json_out = sys.stdout
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return COMMANDS[args.command](args)
+        with quiet_stdout:
+            return COMMANDS[args.command](args)
     except HfCompressError as exc:
         kind = {2: "bad input", 3: "quality gate failed"}.get(exc.exit_code, "error")
         if getattr(args, "json", False):

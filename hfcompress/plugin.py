@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .artifact import find_onnx_file, load_state, onnx_file_for, save_state
     from .cache import cache_dir
+    from .data import load_spec
     from .evaluation import collect_outputs, load_metric
     from .generation import (
         continuations,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .model_io import fixed_threads, forward, mean_pool, model_device, reduce_output, tokenize
     from .models import AUTO_CLASSES, load_config, load_model, load_tokenizer, num_parameters, resolve_model
+    from .sentence_pipeline import is_sentence_transformers
 
 # Helpers a plugin legitimately needs, by the module that defines them. They are resolved on first
 # use (PEP 562 ``__getattr__`` below): those modules import this one for its types, and several
@@ -49,8 +51,8 @@ HELPERS = {
     "load_tokenizer": "models", "load_model": "models", "load_config": "models", "resolve_model": "models",
     "num_parameters": "models", "AUTO_CLASSES": "models",
     "save_state": "artifact", "load_state": "artifact", "find_onnx_file": "artifact", "onnx_file_for": "artifact",
-    "collect_outputs": "evaluation", "load_metric": "evaluation",
-    "cache_dir": "cache",
+    "collect_outputs": "evaluation", "load_metric": "evaluation", "load_spec": "data",
+    "cache_dir": "cache", "is_sentence_transformers": "sentence_pipeline",
     # causal LMs: greedy generation measured the same way everywhere (hfcompress.generation)
     "prompt_ids": "generation", "pad_id": "generation", "continuations": "generation",
     "greedy_agreement": "generation", "decode_speed": "generation", "decode_speeds": "generation",
@@ -93,9 +95,11 @@ __all__ = [
     "forward",
     "greedy_agreement",
     "hookimpl",
+    "is_sentence_transformers",
     "load_config",
     "load_metric",
     "load_model",
+    "load_spec",
     "load_state",
     "load_tokenizer",
     "mean_pool",

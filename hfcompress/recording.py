@@ -27,7 +27,7 @@ __all__ = ["PACKAGES", "VERIFY_TEXTS", "cpu_name", "environment", "evaluate_and_
 log = logging.getLogger("hfcompress")
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "evaluate", "optimum", "optimum-quanto",
-            "onnx", "onnxruntime", "onnxruntime-genai", "huggingface_hub", "pluggy", "pydantic")
+            "onnx", "onnxruntime", "onnxruntime-genai", "openvino", "nncf", "huggingface_hub", "pluggy", "pydantic")
 VERIFY_TEXTS = 3
 """Held-out texts whose outputs results.json records for the pre-push verification."""
 

@@ -139,13 +139,14 @@ def copy_pipeline(src: Path, dst: Path) -> list[str]:
 
 def loader_kwargs(folder: str | Path) -> dict[str, Any]:
     """What ``SentenceTransformer(folder, ...)`` needs besides the path: ``trust_remote_code=True``
-    for a folder that ships modeling code, ``backend="onnx"`` for an ONNX output."""
+    for a folder that ships modeling code, ``backend="onnx"`` / ``"openvino"`` for ONNX / OpenVINO outputs."""
     config = json.loads((Path(folder) / "config.json").read_text())
     kwargs: dict[str, Any] = {}
     if "AutoModel" in (config.get("auto_map") or {}):
         kwargs["trust_remote_code"] = True
-    if (config.get("hfcompress") or {}).get("format") == "onnx":
-        kwargs["backend"] = "onnx"
+    fmt = (config.get("hfcompress") or {}).get("format")
+    if fmt in ("onnx", "openvino"):
+        kwargs["backend"] = fmt
     return kwargs
 
 

@@ -1,7 +1,11 @@
 """Evaluator ``fidelity``: how closely the compressed model reproduces the base model.
 
 - feature-extraction: cosine similarity of mean-pooled embeddings, per sample
-  (``fidelity_cosine_mean``, ``fidelity_cosine_min``);
+  (``fidelity_cosine_mean``, ``fidelity_cosine_min``), and retrieval agreement: the share of each
+  held-out text's 10 nearest neighbours (cosine, among the other held-out texts) that the
+  compressed model's embeddings keep (``fidelity_neighbour_overlap``). Cosine can stay high while
+  the neighbourhoods reshuffle; the overlap says whether a vector index built with the base
+  model still returns the same results;
 - text-classification: top-1 agreement of the predicted class and KL(base || compressed) of the
   class distributions (``fidelity_top1_agreement``, ``fidelity_kl``, mean per sample);
 - text-generation: the same two over the next-token distribution at every real token
@@ -24,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+NEIGHBOURS = 10
+
+
 class Fidelity(Evaluator):
     name = "fidelity"
     summary = "Agreement with the base model: embedding cosine, top-1 agreement, KL(base||compressed)"
@@ -31,6 +38,7 @@ class Fidelity(Evaluator):
     metrics = (
         Metric("fidelity_cosine_mean", label="Fidelity: embedding cosine, mean", perfect=1.0, role="fidelity"),
         Metric("fidelity_cosine_min", label="Fidelity: embedding cosine, min", perfect=1.0),
+        Metric("fidelity_neighbour_overlap", label=f"Fidelity: top-{NEIGHBOURS} neighbour overlap", perfect=1.0),
         Metric("fidelity_top1_agreement", label="Fidelity: top-1 agreement", perfect=1.0, role="fidelity"),
         # "‖", not "||": a pipe would split the card's table cell
         Metric("fidelity_kl", label="Fidelity: KL(base ‖ compressed)", higher_is_better=False, perfect=0.0),
@@ -63,7 +71,7 @@ class Fidelity(Evaluator):
                 "fidelity needs the same embedding size or label set"
             )
         if task == "feature-extraction":
-            return _cosine(base, mine)
+            return {**_cosine(base, mine), **neighbour_overlap(base, mine)}
         return _classification(base, mine)
 
 
@@ -72,6 +80,26 @@ def _cosine(base: torch.Tensor, mine: torch.Tensor) -> dict[str, float]:
 
     cos = torch.nn.functional.cosine_similarity(base.double(), mine.double(), dim=-1)
     return {"fidelity_cosine_mean": float(cos.mean()), "fidelity_cosine_min": float(cos.min())}
+
+
+def neighbour_overlap(base: torch.Tensor, mine: torch.Tensor, k: int = NEIGHBOURS) -> dict[str, float]:
+    """Mean share of each row's ``k`` nearest rows (cosine, itself excluded) under ``base`` that are
+    also among its ``k`` nearest under ``mine``; nothing with fewer than 2 rows."""
+    import torch
+
+    k = min(k, base.shape[0] - 1)
+    if k < 1:
+        return {}
+
+    def nearest(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(x.double(), dim=-1)
+        sims = x @ x.T
+        sims.fill_diagonal_(float("-inf"))
+        return sims.topk(k, dim=-1).indices
+
+    a, b = nearest(base), nearest(mine)
+    kept = (a.unsqueeze(2) == b.unsqueeze(1)).any(-1).sum(-1).double() / k
+    return {"fidelity_neighbour_overlap": float(kept.mean())}
 
 
 def _classification(base: torch.Tensor, mine: torch.Tensor) -> dict[str, float]:

@@ -193,7 +193,7 @@ def _child(request_file: str) -> None:
     torch.set_num_threads(int(request["threads"]))
     marker = json.loads((folder / "config.json").read_text()).get("hfcompress", {}) if (folder / "config.json").exists() else {}
     fmt = marker.get("format", "pytorch")
-    for module in {"onnx": ("onnxruntime",), "quanto": ("optimum.quanto",)}.get(fmt, ()):
+    for module in {"onnx": ("onnxruntime",), "quanto": ("optimum.quanto",), "openvino": ("openvino",)}.get(fmt, ()):
         with contextlib.suppress(ImportError):  # the loader reports a missing backend itself
             __import__(module)
     from hfcompress.plugin import forward, load_state, tokenize

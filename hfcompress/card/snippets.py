@@ -51,11 +51,11 @@ def _snippet(folder: Path, task: str, repo: str | None, local_name: str) -> list
     from ..artifact import find_onnx_file
     from ..sentence_pipeline import modules
 
+    lines = _sentence_transformers_snippet(folder, task, fmt_name, where, text)
     custom = _technique_snippet(folder, marker, repo, where)
     if custom is not None:
-        return custom
+        return lines + custom
     onnx_file = find_onnx_file(folder)
-    lines = _sentence_transformers_snippet(folder, task, fmt_name, where, text)
     # a sentence-transformers pipeline that normalizes: the plain snippets say so too
     normalize = any("Normalize" in str(m.get("type")) for m in modules(folder) or [])
     if fmt_name == "onnx" or onnx_file is not None:
@@ -145,7 +145,7 @@ def _sentence_transformers_snippet(folder: Path, task: str, fmt_name: str, where
     from ..sentence_pipeline import loader_kwargs, modules
 
     mods = modules(folder)
-    if mods is None or task != "feature-extraction" or fmt_name not in ("pytorch", "onnx"):
+    if mods is None or task != "feature-extraction" or fmt_name not in ("pytorch", "onnx", "openvino"):
         return []
     kwargs = loader_kwargs(folder)
     args = "".join(f", {k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in kwargs.items())
@@ -174,6 +174,13 @@ def _sentence_transformers_snippet(folder: Path, task: str, fmt_name: str, where
             "`backend=\"onnx\"` loads `onnx/model.onnx` through optimum-onnx's ONNX Runtime models "
             "(`pip install \"sentence-transformers[onnx]\"`, which needs a transformers version optimum-onnx "
             "supports); without optimum-onnx, use ONNX Runtime directly as below.",
+            "",
+        ]
+    if kwargs.get("backend") == "openvino":
+        lines += [
+            "`backend=\"openvino\"` loads `openvino/openvino_model.xml` through optimum-intel "
+            "(`pip install \"sentence-transformers[openvino]\"`, which needs a transformers version optimum-intel "
+            "supports); without optimum-intel, use OpenVINO directly as below.",
             "",
         ]
     return lines

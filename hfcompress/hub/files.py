@@ -18,8 +18,10 @@ __all__ = [
 ]
 
 REQUIRED_FILES = ("config.json", "README.md", "results.json", "hfcompress.yaml")
-# onnx/*.onnx: sentence-transformers outputs keep their graph where that library's ONNX backend looks.
-WEIGHT_PATTERNS = ("*.safetensors", "*.onnx", "*.onnx.data", "onnx/*.onnx", "pytorch_model.bin", "model.safetensors.index.json")
+# onnx/*.onnx, openvino/*.xml: sentence-transformers outputs keep their graph where that library's
+# ONNX and OpenVINO backends look.
+WEIGHT_PATTERNS = ("*.safetensors", "*.onnx", "*.onnx.data", "onnx/*.onnx", "pytorch_model.bin", "model.safetensors.index.json",
+                   "openvino_model.bin", "openvino/openvino_model.bin")
 # Never pushed: VCS data, the huggingface_hub local-dir cache, Python caches.
 SKIPPED_PARTS = (".git", ".cache", "__pycache__")
 

@@ -30,7 +30,7 @@ log = logging.getLogger("hfcompress.hub")
 
 VERIFY_MARK = "HFCOMPRESS_VERIFY_RESULT "
 # The libraries whose kernels compute a folder's outputs: a version change can move them.
-RUNTIMES = ("torch", "transformers", "onnxruntime", "onnxruntime-genai", "optimum-quanto")
+RUNTIMES = ("torch", "transformers", "onnxruntime", "onnxruntime-genai", "openvino", "optimum-quanto")
 
 
 def verification_block(folder: Path) -> dict[str, Any]:
@@ -179,6 +179,8 @@ def verify_main(folder: Path) -> dict[str, Any]:
         compare("transformers", lambda: _plain_transformers(folder, task, remote_code))
     elif fmt == "onnx" and task:
         compare("onnxruntime", lambda: _plain_onnxruntime(folder, task))
+    elif fmt == "openvino" and task:
+        compare("openvino", lambda: _plain_openvino(folder, task))
     elif fmt == "onnx-genai" and isinstance(block.get("greedy"), dict):
         checks.append(_check_genai_tokens(folder, block["greedy"], basis))
     else:
@@ -331,6 +333,12 @@ def _sentence_transformers_unavailable(fmt: str, task: str | None) -> str | None
         except ImportError as exc:
             return (f"sentence-transformers' ONNX backend needs optimum-onnx (optimum.onnxruntime), which does not "
                     f"import here: {type(exc).__name__}: {exc}")
+    if fmt == "openvino":
+        try:  # what SentenceTransformer(..., backend="openvino") imports first
+            import optimum.intel.openvino  # noqa: F401
+        except ImportError as exc:
+            return (f"sentence-transformers' OpenVINO backend needs optimum-intel (optimum.intel.openvino), which "
+                    f"does not import here: {type(exc).__name__}: {exc}")
     return None
 
 
@@ -375,6 +383,32 @@ def _plain_sentence_transformers(folder: Path, task: str, block: dict[str, Any],
             return type("Output", (), {"last_hidden_state": out})()
 
     return ModelState(model=TokenEmbeddings(), tokenizer=model.tokenizer, task=task)
+
+
+def _plain_openvino(folder: Path, task: str) -> Any:
+    """The IR through a bare ``openvino.Core().compile_model`` (one thread), called like a transformers model."""
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    from ..models import load_tokenizer
+    from ..plugin import ModelState
+
+    xml = next((p for p in (folder / "openvino_model.xml", folder / "openvino" / "openvino_model.xml") if p.is_file()),
+               None)
+    if xml is None:
+        raise FileNotFoundError(f"{folder}: no openvino_model.xml (nor openvino/openvino_model.xml)")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": 1})
+
+    class Compiled:
+        input_names = [i.any_name for i in compiled.inputs]
+
+        def __call__(self, **inputs: Any) -> Any:
+            feeds = {k: v.cpu().numpy().astype("int64") for k, v in inputs.items()}
+            out = torch.from_numpy(np.array(compiled(feeds)[0], dtype=np.float32))
+            return type("Output", (), {"logits": out, "last_hidden_state": out})()
+
+    return ModelState(model=Compiled(), tokenizer=load_tokenizer(folder), task=task, format="openvino")
 
 
 def _plain_onnxruntime(folder: Path, task: str) -> Any:

@@ -15,8 +15,8 @@ The removed rows/columns really leave the weight matrices, so the model gets sma
           # neurons_to_remove: [768, 768, ...]    # instead of ffn_ratio
           # gqa: query-heads     # decoders: remove query heads evenly from every KV group, or kv-groups
 
-Families: BERT-style encoders (bert, roberta, xlm-roberta, camembert, electra, distilbert) and
-Llama-style decoders (llama, mistral, qwen2, qwen3). With grouped-query attention the number of KV
+Families: BERT-style encoders (bert, roberta, xlm-roberta, camembert, electra, distilbert, mpnet,
+deberta-v2, modernbert) and Llama-style decoders (llama, mistral, qwen2, qwen3). With grouped-query attention the number of KV
 heads always divides the number of query heads: ``gqa: query-heads`` removes the same number of
 query heads from every KV group of a layer, ``gqa: kv-groups`` removes whole groups (a KV head
 and its query heads).

@@ -19,26 +19,49 @@ from .layout import Layout
 def magnitude_importance(model: Any, lay: Layout, heads: bool, ffn: bool) -> tuple[list[Any], list[Any]]:
     """Norm of the weights each head / neuron owns (q/k/v rows and output columns; FFN rows/columns)."""
     import torch
-    from hfcompress_plugins.modeling.modeling_hfcompress_pruned import FAMILIES, get_module, model_layers
+    from hfcompress_plugins.modeling.modeling_hfcompress_pruned import (
+        FAMILIES,
+        ffn_in_blocks,
+        get_module,
+        head_row_linears,
+        model_layers,
+    )
 
     paths = FAMILIES[lay.family]["paths"]
+    blocks = ffn_in_blocks(lay.family)
     head_scores, neuron_scores = [], []
     with torch.no_grad():
         for i, layer in enumerate(model_layers(model, lay.family)):
             d = lay.head_dim
             if heads:
-                sq = get_module(layer, paths["q"]).weight.float().view(lay.heads[i], d, -1).pow(2).sum((1, 2))
-                sq = sq + get_module(layer, paths["o"]).weight.float().view(-1, lay.heads[i], d).pow(2).sum((0, 2))
-                if lay.kind == "encoder":  # each encoder head owns its K/V rows; decoder KV heads are shared
-                    for name in ("k", "v"):
-                        sq = sq + get_module(layer, paths[name]).weight.float().view(lay.heads[i], d, -1).pow(2).sum((1, 2))
+                parts = _head_row_norms(lay, i, head_row_linears(layer, lay.family))
+                sq = parts[0] + get_module(layer, paths["o"]).weight.float().view(-1, lay.heads[i], d).pow(2).sum((0, 2))
+                for part in parts[1:]:
+                    sq = sq + part
                 head_scores.append(sq.sqrt().cpu())
             if ffn:
                 sq = get_module(layer, paths["ffn_out"]).weight.float().pow(2).sum(0)
                 for name in paths["ffn_in"]:
-                    sq = sq + get_module(layer, name).weight.float().pow(2).sum(1)
+                    sq = sq + get_module(layer, name).weight.float().pow(2).sum(1).view(blocks, -1).sum(0)
                 neuron_scores.append(sq.sqrt().cpu())
     return head_scores, neuron_scores
+
+
+def _head_row_norms(lay: Layout, i: int, linears: list[tuple[str, Any, tuple[str, ...]]]) -> list[Any]:
+    """Squared norm per query head of each block of head rows it owns, query rows first. Each
+    encoder head owns its K/V rows (and DeBERTa's position projections); decoder KV heads are
+    shared by several query heads, so only their query rows count."""
+    d = lay.head_dim
+    size = {"q": lay.heads[i] * d, "kv": lay.kv_heads[i] * d}
+    norms = []
+    for _path, linear, parts in linears:
+        weight, offset = linear.weight.float(), 0
+        for part in parts:
+            if part == "q" or lay.kind == "encoder":
+                block = weight[offset : offset + size[part]]
+                norms.append(block.reshape(lay.heads[i], d, -1).pow(2).sum((1, 2)))
+            offset += size[part]
+    return norms
 
 
 def _loss(state: ModelState, model: Any, batch: dict[str, Any], generator: Any) -> tuple[Any, str, str]:

@@ -12,7 +12,9 @@ from typing import Any
 
 # Kept in sync with plugins/modeling/modeling_hfcompress_pruned.py (FAMILIES), which this package
 # imports only inside functions so that `hfcompress plugins` does not import torch/transformers.
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
+ENCODER_TYPES = (
+    "bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "mpnet", "deberta-v2", "modernbert",
+)
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PRUNED_PREFIX = "hfcompress-pruned-"
 REMOVED_HEADS = "hfcompress_removed_heads"
@@ -93,7 +95,9 @@ def layout_of(config: Any) -> Layout:
             head_dim = int(getattr(config, "head_dim", None) or int(config.hidden_size) // h)
         else:
             kv = list(heads)
-            head_dim = int(config.hidden_size) // h
+            # DeBERTa-v2 may set attention_head_size; every other encoder uses hidden_size / heads
+            explicit = getattr(config, "attention_head_size", None) if family == "deberta-v2" else None
+            head_dim = int(explicit or int(config.hidden_size) // h)
         inter = [int(config.intermediate_size)] * n_layers
 
     def record(name: str) -> list[list[int]]:

@@ -39,7 +39,9 @@ def prune_in_place(
     import torch
     from hfcompress_plugins.modeling.modeling_hfcompress_pruned import (
         FAMILIES,
+        ffn_in_blocks,
         get_module,
+        head_row_linears,
         model_layers,
         set_attention_attributes,
         set_module,
@@ -47,23 +49,32 @@ def prune_in_place(
 
     paths = FAMILIES[lay.family]["paths"]
     d = lay.head_dim
+    blocks = ffn_in_blocks(lay.family)
 
-    def rows(heads: list[int]) -> Any:
-        return torch.tensor([h * d + j for h in heads for j in range(d)], dtype=torch.long)
+    def rows(heads: list[int], offset: int = 0) -> list[int]:
+        return [offset + h * d + j for h in heads for j in range(d)]
 
     for i, layer in enumerate(model_layers(model, lay.family)):
-        q_idx = rows(keep_heads[i])
-        kv_idx = rows(keep_kv[i]) if lay.kind == "decoder" else q_idx
-        set_module(layer, paths["q"], _slice_linear(get_module(layer, paths["q"]), q_idx, 0))
-        set_module(layer, paths["k"], _slice_linear(get_module(layer, paths["k"]), kv_idx, 0))
-        set_module(layer, paths["v"], _slice_linear(get_module(layer, paths["v"]), kv_idx, 0))
+        kv_keep = keep_kv[i] if lay.kind == "decoder" else keep_heads[i]
+        # a block of query-head rows holds heads[i] heads, a block of key/value rows kv_heads[i]
+        keep = {"q": keep_heads[i], "kv": kv_keep}
+        size = {"q": lay.heads[i] * d, "kv": lay.kv_heads[i] * d}
+        for path, linear, parts in head_row_linears(layer, lay.family):
+            index, offset = [], 0
+            for part in parts:
+                index += rows(keep[part], offset)
+                offset += size[part]
+            set_module(layer, path, _slice_linear(linear, torch.tensor(index, dtype=torch.long), 0))
+        q_idx = torch.tensor(rows(keep_heads[i]), dtype=torch.long)
         set_module(layer, paths["o"], _slice_linear(get_module(layer, paths["o"]), q_idx, 1))
-        n_idx = torch.tensor(keep_neurons[i], dtype=torch.long)
+        # a fused GLU input (ModernBERT) holds [input | gate]: neuron n is row n of every block
+        width = lay.intermediate[i]
+        n_in = torch.tensor([b * width + n for b in range(blocks) for n in keep_neurons[i]], dtype=torch.long)
         for name in paths["ffn_in"]:
-            set_module(layer, name, _slice_linear(get_module(layer, name), n_idx, 0))
+            set_module(layer, name, _slice_linear(get_module(layer, name), n_in, 0))
+        n_idx = torch.tensor(keep_neurons[i], dtype=torch.long)
         set_module(layer, paths["ffn_out"], _slice_linear(get_module(layer, paths["ffn_out"]), n_idx, 1))
-        kv_count = len(keep_kv[i]) if lay.kind == "decoder" else len(keep_heads[i])
-        set_attention_attributes(get_module(layer, paths["attention"]), lay.family, len(keep_heads[i]), kv_count, d)
+        set_attention_attributes(get_module(layer, paths["attention"]), lay.family, len(keep_heads[i]), len(kv_keep), d)
 
 
 def _model_head(model: Any) -> str:

@@ -31,7 +31,10 @@ class HeadPruning(Technique[HeadPruningConfig]):
     """Remove whole attention heads and FFN neurons (structured pruning); reloads without hfcompress."""
 
     name = "head-pruning"
-    summary = "Structured pruning of attention heads and FFN neurons (BERT- and Llama-family), gradient or magnitude importance"
+    summary = (
+        "Structured pruning of attention heads and FFN neurons (BERT-family incl. MPNet, DeBERTa-v2, ModernBERT; "
+        "Llama-family), gradient or magnitude importance"
+    )
     Config = HeadPruningConfig
     produces_formats = ("pytorch",)
 

@@ -25,15 +25,22 @@ OP_TYPES = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization", 
 
 class QuantizationConfig(TechniqueConfig):
     backend: BackendName = "auto"
-    """auto (measure and choose), quanto, onnxruntime, torch or onnxruntime-genai (causal LMs)."""
+    """auto (measure and choose), quanto, onnxruntime, openvino (encoders), torch or onnxruntime-genai
+    (causal LMs)."""
     dtype: DtypeName | None = None
     """Weight type. quanto: int8 | int4 | fp8 (default int8); onnxruntime: int8; torch: bf16 | fp16
-    (default bf16); onnxruntime-genai: int4 | int8 (default int8). Not used with auto (see ``candidates``)."""
+    (default bf16); onnxruntime-genai: int4 | int8 | fp32 (default int8); openvino: int8 | fp32 (default
+    int8). Not used with auto (see ``candidates``)."""
+    accuracy_control: bool = False
+    """openvino int8: NNCF's accuracy-aware quantization (``quantize_with_accuracy_control``): layers
+    whose int8 costs most go back to float, ranked by NNCF, until the mean cosine to the input model
+    on the calibration texts is at least ``min_cosine``. Slower to build; keeps embeddings in place."""
     activations: Literal["none", "int8", "fp8"] = "none"
     """quanto only: also quantize activations, with ranges calibrated on the training data."""
     exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
-    """quanto and onnxruntime: module-name patterns (fnmatch, e.g. lm_head, encoder.layer.0.*) whose
-    layers stay in float. onnxruntime matches the module path each exported node comes from."""
+    """quanto, onnxruntime and openvino: module-name patterns (fnmatch, e.g. lm_head, encoder.layer.0.*)
+    whose layers stay in float. onnxruntime and openvino match the module path each exported node
+    comes from."""
     mode: Literal["dynamic", "static"] = "dynamic"
     """onnxruntime only: dynamic (activations quantized per batch) or static (calibrated on data)."""
     per_channel: bool = True
@@ -67,7 +74,8 @@ class QuantizationConfig(TechniqueConfig):
     candidates: list[str] | None = None
     """auto only: names from CANDIDATES to try (default depends on the device)."""
     min_cosine: float = Field(0.98, gt=0.0, le=1.0)
-    """auto: drop candidates whose mean cosine to the input model's outputs is below this."""
+    """auto: drop candidates whose mean cosine to the input model's outputs is below this; openvino
+    with ``accuracy_control``: the bound NNCF restores float layers to."""
     min_agreement: float = Field(0.9, ge=0.0, le=1.0)
     """auto: for classification logits, minimum top-1 agreement with the input model."""
     max_perplexity_increase: float = Field(0.03, ge=0.0, le=10.0)
@@ -133,6 +141,10 @@ class QuantizationConfig(TechniqueConfig):
         if "int8_layers" in given and backend == "onnxruntime-genai" and self.resolved_dtype() != "int4":
             raise ValueError("int8_layers keeps some matmuls at int8 in an int4 model; dtype is "
                              f"{self.resolved_dtype()!r}")
+        if "accuracy_control" in given and (backend != "openvino" or self.resolved_dtype() != "int8"):
+            raise ValueError("accuracy_control is an openvino int8 option; backend is "
+                             f"{backend!r}" + (" (auto's candidate openvino:int8-accuracy-control uses it)"
+                                               if backend == "auto" else f" with dtype {self.resolved_dtype()!r}"))
         onnx_only = {"mode", "calibration_method", "op_types", "graph_optimization", "per_channel", "reduce_range"}
         if backend not in ("auto", "onnxruntime") and given & onnx_only:
             raise ValueError(f"{', '.join(sorted(given & onnx_only))}: onnxruntime options; backend is {backend!r}")
@@ -152,7 +164,7 @@ class QuantizationConfig(TechniqueConfig):
     def for_candidate(self, name: str) -> QuantizationConfig:
         """This config with a candidate's backend/dtype/mode (auto's shared settings kept)."""
         values = self.model_dump(exclude={"candidates", "backend", "dtype", "activations", "mode", "if_none_pass",
-                                          "algorithm", "group_size", "int8_layers"})
+                                          "algorithm", "group_size", "int8_layers", "accuracy_control"})
         backend = CANDIDATES[name]["backend"]
         if backend in ("torch", "onnxruntime-genai"):
             values.pop("exclude")

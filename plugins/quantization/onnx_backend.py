@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from hfcompress.plugin import BadInputError, ModelState, ModelTarget
 
 from . import onnx_runtime as ort_tools
-from .backends import TECHNIQUE, step_info
+from .backends import TECHNIQUE, step_info, write_runtime_config
 from .measure import FALLBACK_TEXTS, latency_round_robin, timing_batches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,19 +175,7 @@ def save(state: ModelState, path: Path) -> None:
     if src.resolve() != dst.resolve():
         shutil.copyfile(src, dst)
     if state.model.config is not None:
-        state.model.config.save_pretrained(str(path))
-        config_file = path / "config.json"
-        data = json.loads(config_file.read_text())
-        # An ONNX folder carries no PyTorch modeling code: an auto_map left in config.json
-        # (head-pruned models) would point plain transformers at files that are not there.
-        data.pop("auto_map", None)
-        # config.json must name a model_type transformers knows (AutoConfig, AutoTokenizer and
-        # sentence-transformers read it first). A config reloaded from an ONNX folder is the generic
-        # PretrainedConfig, which writes none; older pruned folders named the pruned classes' own type.
-        stock = str(data.get("model_type") or getattr(state.model.config, "model_type", "") or "")
-        if stock:
-            data["model_type"] = stock.removeprefix("hfcompress-pruned-")
-        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_runtime_config(state.model.config, path)
 
 
 def load(path: Path, task: str, tokenizer: Any, info: dict[str, Any]) -> ModelState:

@@ -46,7 +46,7 @@ def data_needed(config: QuantizationConfig) -> tuple[str, str] | None:
 
 class Quantization(Technique[QuantizationConfig]):
     name = TECHNIQUE
-    summary = "int8/int4/fp8 (quanto), int8 ONNX Runtime, bf16/fp16 casts, or auto: measured choice"
+    summary = "int8/int4/fp8 (quanto), int8 ONNX Runtime or OpenVINO, int4/int8 onnxruntime-genai, bf16/fp16 casts, or auto: measured choice"
     Config = QuantizationConfig
     accepts_formats = ("pytorch",)
     produces_formats = tuple(f for f in FORMAT_ORDER if f in BACKEND_FORMAT.values())
@@ -96,6 +96,10 @@ class Quantization(Technique[QuantizationConfig]):
 
     @classmethod
     def usage_snippet(cls, path: Path, info: dict[str, Any], where: str) -> str | None:
+        if info.get("format") == "openvino":
+            from .openvino_backend import usage
+
+            return usage(path, str(info.get("task") or "feature-extraction"), where)
         if info.get("format") != "onnx-genai":
             return None
         from .genai_runtime import USAGE

@@ -35,7 +35,7 @@ EXAMPLE = ROOT / "examples" / "hfcompress-layerdrop"
 # The public surface a plugin may import from hfcompress (docs/plugins.md, "The five-minute version").
 # Never imported at a plugin module's top level: `hfcompress plugins` imports every plugin.
 HEAVY = {"torch", "transformers", "datasets", "onnx", "onnxruntime", "optimum", "accelerate", "evaluate",
-         "safetensors", "numpy", "scipy", "sklearn", "matplotlib", "huggingface_hub", "gguf"}
+         "safetensors", "numpy", "scipy", "sklearn", "matplotlib", "huggingface_hub", "gguf", "openvino", "nncf"}
 
 
 def hook_names() -> list[str]:
@@ -166,7 +166,7 @@ def test_builtin_evaluators_declare_exactly_what_they_return(tmp_path: Path) -> 
 
     registry = get_registry()
     builtins = sorted(n for n, r in registry.evaluators.items() if r.plugin.distribution == "hfcompress")
-    assert builtins == ["fidelity", "generation", "size", "speed", "task-metrics"]
+    assert builtins == ["fidelity", "generation", "size", "speed", "sts", "task-metrics", "transfer-probes"]
     settings = EvalSettings(batch_size=4, sequence_length=16, warmup=0, repeats=1)
     texts = [f"sentence number {i} is {'good' if i % 2 else 'bad'}" for i in range(12)]
     # binary labels give f1, three classes f1_macro; an encoder gives the probe, an LM perplexity

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_plugins_json_lists_builtins_with_distribution() -> None:
     formats = {name: (techniques[name]["accepts_formats"], techniques[name]["produces_formats"])
                for name in ("head-pruning", "distillation", "quantization")}
     assert formats == {"head-pruning": (["pytorch"], ["pytorch"]), "distillation": (["pytorch"], ["pytorch"]),
-                       "quantization": (["pytorch"], ["pytorch", "quanto", "onnx", "onnx-genai"])}
+                       "quantization": (["pytorch"], ["pytorch", "quanto", "onnx", "openvino", "onnx-genai"])}
 
 
 def test_misspelled_field_exits_2_and_writes_nothing(tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ def test_plugins_lists_broken_and_conflicting_plugins(mistakes: Path) -> None:
     assert all("CONFLICT" in line for line in lines.values())
     assert any(line.split()[:2] == ["healthy", "hfcompress-healthy"] for line in proc.stdout.splitlines())
     quantization = next(line for line in proc.stdout.splitlines() if line.startswith("  quantization "))
-    assert quantization.endswith("[pytorch -> pytorch, quanto, onnx, onnx-genai]")
+    assert quantization.endswith("[pytorch -> pytorch, quanto, onnx, openvino, onnx-genai]")
 
     data = json.loads(run("plugins", "--json", env=env).stdout)
     assert {row["name"] for row in data["broken"]} == {"typo", "oops"}
@@ -317,3 +318,22 @@ def test_logging_shows_our_progress_and_hides_library_chatter(
     assert "root: info: get_tensor_type returns DefaultTensorType" in err
     assert "matplotlib.font_manager: info: generated new fontManager" in err
     assert err.count("loading the model") == 1  # reconfiguring replaced the handler, did not add one
+
+
+def test_json_stdout_holds_only_the_document_when_a_library_prints(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """NNCF draws progress bars on stdout; with --json they must not break the document."""
+    from hfcompress import cli
+
+    def noisy(args: Any) -> int:
+        print("Statistics collection ━━━━ 100%")
+        cli._emit_json({"ok": True})
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "plugins", noisy)
+    assert cli.main(["plugins", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": True}
+    assert "Statistics collection" in err
+    assert cli.main(["plugins"]) == 0  # without --json, stdout is left alone
+    assert "Statistics collection" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The four evaluator plugins on tiny random models: fidelity, task-metrics, speed, size."""
+"""The built-in evaluator plugins on tiny random models: fidelity, task-metrics, speed, size, transfer-probes, sts."""
 
 from __future__ import annotations
 
@@ -63,8 +63,25 @@ def test_fidelity_encoder(tiny_bert_dir: Path) -> None:
     same = _fidelity(tiny_bert_dir, perturb=False)
     assert same["fidelity_cosine_mean"] == pytest.approx(1.0, abs=1e-6)
     assert same["fidelity_cosine_min"] == pytest.approx(1.0, abs=1e-6)
+    assert same["fidelity_neighbour_overlap"] == 1.0
     changed = _fidelity(tiny_bert_dir, perturb=True)
     assert changed["fidelity_cosine_min"] <= changed["fidelity_cosine_mean"] < 0.999
+    assert 0.0 <= changed["fidelity_neighbour_overlap"] <= 1.0
+
+
+def test_neighbour_overlap_counts_kept_neighbours() -> None:
+    import math
+
+    from hfcompress_plugins.eval_fidelity import neighbour_overlap
+
+    def at(*degrees: float) -> torch.Tensor:  # unit vectors at these angles
+        return torch.tensor([[math.cos(math.radians(d)), math.sin(math.radians(d))] for d in degrees])
+
+    base = at(0, 10, 80, 90)  # nearest neighbours (k=1): 0<->10, 80<->90
+    assert neighbour_overlap(base, base * 3.0, k=1)["fidelity_neighbour_overlap"] == 1.0  # scale-free
+    # 10 -> 45 degrees: 45's nearest is now 80 (35 degrees away), the others keep theirs
+    assert neighbour_overlap(base, at(0, 45, 80, 90), k=1)["fidelity_neighbour_overlap"] == pytest.approx(0.75)
+    assert neighbour_overlap(base[:1], base[:1]) == {}
 
 
 def test_fidelity_classifier(tmp_path: Path) -> None:
@@ -232,3 +249,59 @@ def test_size_of_an_in_memory_model_is_measured_from_a_saved_copy(tiny_bert_dir:
     got = Size().evaluate(EvalContext(state=state, data=_data(), settings=_settings("size")))
     save_state(state, tmp_path / "copy")  # what the pipeline does before measuring
     assert got["size_bytes"] == folder_bytes(tmp_path / "copy")[0]
+
+
+def test_transfer_probe_accuracy_separates_what_the_embeddings_carry() -> None:
+    import numpy as np
+    from hfcompress_plugins.eval_transfer import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = [i % 2 for i in range(400)]
+    signal = np.array([[1.0 if y else -1.0] for y in labels])
+    separable = np.hstack([signal, rng.normal(size=(400, 7))])
+    assert probe_accuracy(separable[:200], labels[:200], separable[200:], labels[200:]) == 1.0
+    noise = rng.normal(size=(400, 8))  # nothing about the label: chance level
+    assert 0.35 < probe_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.65
+
+
+def test_transfer_probes_on_a_tiny_encoder_use_other_data_sets(tiny_bert_dir: Path) -> None:
+    from hfcompress_plugins.eval_transfer import SOURCES, metric_name
+
+    settings = _settings("transfer-probes", max_samples=32)
+    block, _ = evaluate_state(load_state(tiny_bert_dir), _data(), settings)
+    metrics = block["metrics"]
+    per_source = [metrics[metric_name(s)] for s in SOURCES]
+    assert all(0.0 <= a <= 1.0 for a in per_source)
+    assert metrics["transfer_probe_accuracy"] == pytest.approx(sum(per_source) / len(SOURCES), abs=1e-6)
+    assert block["settings"]["transfer_probe_sentences"] == 64.0  # 32 train + 32 test per data set
+
+
+def test_sts_spearman_ranks_pair_cosines_against_the_scores() -> None:
+    import numpy as np
+    from hfcompress_plugins.eval_sts import cosine_spearman
+
+    rng = np.random.default_rng(0)
+    scores = [0.4, 4.8, 2.0, 3.1, 1.2, 5.0, 0.0, 2.6]
+    # second vector at an angle that shrinks as the score grows: cosine is monotone in the score
+    angles = np.array([(5.0 - s) / 5.0 * 1.5 for s in scores])
+    first = np.tile([1.0, 0.0, 0.0], (len(scores), 1))
+    second = np.stack([np.cos(angles), np.sin(angles), np.zeros(len(scores))], axis=1)
+    scale = rng.uniform(0.1, 10.0, size=(len(scores), 1))  # unnormalised inputs: cosine, not dot product
+    assert cosine_spearman(first * scale, second * scale[::-1], scores) == pytest.approx(1.0)
+    assert cosine_spearman(first, second, [-s for s in scores]) == pytest.approx(-1.0)
+    # swap the cosines of the pairs ranked 1st/2nd and 5th/6th by score: d^2 sums to 4, rho = 1 - 6*4/(8*63)
+    order = np.argsort(scores)
+    swapped = second.copy()
+    for i, j in ((order[0], order[1]), (order[4], order[5])):
+        swapped[[i, j]] = swapped[[j, i]]
+    assert cosine_spearman(first, swapped, scores) == pytest.approx(1 - 24 / 504)
+    assert math.isnan(cosine_spearman(first, first, scores))  # all cosines equal: no ranking
+
+
+def test_sts_on_a_tiny_encoder_uses_the_sts_benchmark(tiny_bert_dir: Path, hf_cache: str) -> None:
+    settings = _settings("sts", max_samples=24)
+    block, base_ctx = evaluate_state(load_state(tiny_bert_dir), _data(), settings)
+    assert -1.0 <= block["metrics"]["sts_spearman"] <= 1.0
+    assert block["settings"]["sts_pairs"] == 48.0  # 2 * max_samples pairs of stsb:test
+    again, _ = evaluate_state(load_state(tiny_bert_dir), _data(), settings, reference=base_ctx)
+    assert again["metrics"]["sts_spearman"] == pytest.approx(block["metrics"]["sts_spearman"], abs=1e-9)

@@ -384,7 +384,7 @@ def test_quanto_refuses_gpt2_conv1d_models_and_auto_skips_it() -> None:
 
 
 # -- after head-pruning (custom modeling code for pruned BERT) --------------------------------
-@pytest.mark.parametrize("backend", ["onnxruntime", "quanto", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "quanto", "torch"])
 @pytest.mark.parametrize("heads_to_remove", [[1, 2], [1, 1]], ids=["per-layer-heads", "uniform-heads"])
 def test_every_backend_works_after_head_pruning(backend: str, heads_to_remove: list[int], tiny_bert_dir: Path,
                                                 tmp_path: Path) -> None:
