@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .common import (
     bench_cache,
     build_hfcompress,
@@ -49,6 +51,7 @@ __all__ = ["EncoderSuite", "EncoderSettings"]
 
 MODEL = "builtin:all-MiniLM-L6-v2"
 DATA = "vader:movie"
+DROP_IN = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "drop-in.yaml"
 
 
 @dataclass
@@ -346,6 +349,9 @@ class EncoderSuite:
         prune, distil, quantize = steps["head-pruning"], steps["distillation"], steps["quantization"]
         aggressive = {"ratio": 0.67, "ffn_ratio": 0.75}
 
+        drop_in = yaml.safe_load(DROP_IN.read_text())
+        drop_in.pop("model", None)
+
         def describe(*steps: tuple[str, dict[str, Any]]) -> str:
             return " -> ".join(f"{name} {json.dumps(cfg)}" for name, cfg in steps)
 
@@ -359,6 +365,9 @@ class EncoderSuite:
                 recipe({"distillation": {"student": {"layers": [0, 2, 4]}, **distil}})),
             "hfcompress quantization only": (
                 describe(("quantization", quantize)), recipe({"quantization": quantize})),
+            "hfcompress drop-in recipe": (
+                "examples/recipes/drop-in.yaml: " + describe(("quantization", drop_in["steps"][0]["quantization"])),
+                {**drop_in, "evaluate": evaluate}),
             "hfcompress aggressive": (
                 describe(("head-pruning", aggressive), ("distillation", distil), ("quantization", quantize)),
                 recipe({"head-pruning": aggressive}, {"distillation": distil}, {"quantization": quantize})),

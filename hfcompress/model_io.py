@@ -103,6 +103,33 @@ def reduce_output(state: ModelState, output: Any, attention_mask: Any) -> Any:
     return logits
 
 
+def sentence_embeddings(state: ModelState, texts: list[str], max_length: int = 64, batch_size: int = 32) -> Any:
+    """L2-normalised mean-pooled embeddings of ``texts`` (float64, in input order), the vectors
+    sentence encoders publish and embedding benchmarks compare.
+
+    Texts are batched by token length and each batch is padded to its longest text only: the
+    result is the same as with fixed padding (pooling skips padding), at a fraction of the cost on
+    short sentences (a median of 12 tokens on STS-B, where fixed 64-token padding did 5x the work).
+    """
+    import torch
+
+    lengths = [len(ids) for ids in state.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    pooled: list[Any] = [None] * len(texts)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            enc = state.tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+                                  return_tensors="pt")
+            batch = {k: v for k, v in enc.items() if k in MODEL_INPUTS}
+            vectors = reduce_output(state, forward(state, batch), batch["attention_mask"])
+            for i, vector in zip(chunk, vectors, strict=True):
+                pooled[i] = vector
+    if not texts:
+        return torch.zeros(0, 0, dtype=torch.float64)
+    return torch.nn.functional.normalize(torch.stack(pooled).double(), dim=-1)
+
+
 def verification_outputs(state: ModelState, texts: list[str], sequence_length: int = 32) -> list[list[float]]:
     """Reduced outputs on a few texts, recorded in results.json and re-checked before a push."""
     batch = tokenize(state, texts, sequence_length)

@@ -38,7 +38,15 @@ if TYPE_CHECKING:  # pragma: no cover
         perplexity,
         prompt_ids,
     )
-    from .model_io import fixed_threads, forward, mean_pool, model_device, reduce_output, tokenize
+    from .model_io import (
+        fixed_threads,
+        forward,
+        mean_pool,
+        model_device,
+        reduce_output,
+        sentence_embeddings,
+        tokenize,
+    )
     from .models import AUTO_CLASSES, load_config, load_model, load_tokenizer, num_parameters, resolve_model
     from .sentence_pipeline import is_sentence_transformers
 
@@ -47,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # import torch lazily, so importing them here would both loop and slow down `hfcompress plugins`.
 HELPERS = {
     "tokenize": "model_io", "forward": "model_io", "reduce_output": "model_io", "mean_pool": "model_io",
-    "model_device": "model_io", "fixed_threads": "model_io",
+    "model_device": "model_io", "fixed_threads": "model_io", "sentence_embeddings": "model_io",
     "load_tokenizer": "models", "load_model": "models", "load_config": "models", "resolve_model": "models",
     "num_parameters": "models", "AUTO_CLASSES": "models",
     "save_state": "artifact", "load_state": "artifact", "find_onnx_file": "artifact", "onnx_file_for": "artifact",
@@ -112,6 +120,7 @@ __all__ = [
     "reduce_output",
     "resolve_model",
     "save_state",
+    "sentence_embeddings",
     "tokenize",
 ]
 

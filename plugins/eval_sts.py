@@ -18,8 +18,9 @@ still covers every genre; the setting ``sts_pairs`` records how many. With the d
 ``max_samples`` (512) that is 1,024 pairs; ``max_samples >= 690`` gives the full test set, the
 number MTEB reports.
 
-Embeddings are the ones ``transfer-probes`` uses (its ``_embed``): mean-pooled over real tokens,
-L2-normalised, at most 64 tokens (the longest STS-B test sentence is 46 MiniLM tokens).
+Embeddings are ``hfcompress.plugin.sentence_embeddings``, as ``transfer-probes`` uses them:
+mean-pooled over real tokens, L2-normalised, at most 64 tokens (the longest STS-B test sentence is
+46 MiniLM tokens).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from hfcompress.plugin import EvalContext, Evaluator, Metric, hookimpl
 SOURCE = "stsb:test"
 PAIRS = 1379
 """Pairs in ``stsb:test``; fewer are used when ``2 * evaluate.max_samples`` is smaller."""
+SEQUENCE_LENGTH = 64
 
 
 def _pairs(count: int) -> tuple[list[str], list[str], list[float]]:
@@ -68,11 +70,13 @@ class Sts(Evaluator):
         return ctx.state.task == "feature-extraction"
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from hfcompress_plugins.eval_transfer import _embed
+        from hfcompress.plugin import sentence_embeddings
 
         first, second, scores = _pairs(min(PAIRS, 2 * ctx.settings.max_samples))
         return {
-            "sts_spearman": cosine_spearman(_embed(ctx, first), _embed(ctx, second), scores),
+            "sts_spearman": cosine_spearman(sentence_embeddings(ctx.state, first, max_length=SEQUENCE_LENGTH).numpy(),
+                                            sentence_embeddings(ctx.state, second, max_length=SEQUENCE_LENGTH).numpy(),
+                                            scores),
             "sts_pairs": float(len(scores)),
         }
 

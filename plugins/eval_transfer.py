@@ -47,20 +47,6 @@ def _parts(source: str, per_part: int) -> tuple[list[str], list[int], list[str],
     return texts[:per_part], labels[:per_part], texts[per_part:], labels[per_part:]
 
 
-def _embed(ctx: EvalContext, texts: list[str]) -> Any:
-    import torch
-
-    from hfcompress.plugin import forward, reduce_output, tokenize
-
-    size = max(1, ctx.settings.batch_size)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), size):
-            batch = tokenize(ctx.state, texts[i: i + size], SEQUENCE_LENGTH)
-            out.append(reduce_output(ctx.state, forward(ctx.state, batch), batch["attention_mask"]))
-    return torch.nn.functional.normalize(torch.cat(out).double(), dim=-1).numpy()
-
-
 def probe_accuracy(train_x: Any, train_y: list[int], test_x: Any, test_y: list[int]) -> float:
     """Mean test accuracy of logistic regressions fit on ``EXPERIMENTS`` seeded training subsamples."""
     import numpy as np
@@ -90,12 +76,16 @@ class TransferProbes(Evaluator):
         return ctx.state.task == "feature-extraction"
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        from hfcompress.plugin import sentence_embeddings
+
+        def embed(texts: list[str]) -> Any:
+            return sentence_embeddings(ctx.state, texts, max_length=SEQUENCE_LENGTH).numpy()
+
         result: dict[str, float] = {}
         per_part = min(PER_PART, ctx.settings.max_samples)
         for source in SOURCES:
             train_texts, train_y, test_texts, test_y = _parts(source, per_part)
-            result[metric_name(source)] = probe_accuracy(_embed(ctx, train_texts), train_y,
-                                                         _embed(ctx, test_texts), test_y)
+            result[metric_name(source)] = probe_accuracy(embed(train_texts), train_y, embed(test_texts), test_y)
         result["transfer_probe_accuracy"] = sum(result[metric_name(s)] for s in SOURCES) / len(SOURCES)
         result["transfer_probe_sentences"] = float(2 * per_part)
         return result

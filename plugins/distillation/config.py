@@ -41,18 +41,25 @@ class LossConfig(BaseModel):
     """KL between attention distributions of mapped layers (MiniLM-style); needs equal head counts."""
     cosine: float = Field(0.0, ge=0.0)
     """1 - cosine between mean-pooled last hidden states (sentence encoders)."""
+    relational: float = Field(0.0, ge=0.0)
+    """Sentence encoders: KL(teacher || student) between each sentence's softmax over its cosine
+    similarities to the other sentences of the batch (at ``relational_temperature``): the in-batch
+    neighbourhood structure, which the per-sentence cosine loss does not constrain."""
+    relational_temperature: float = Field(0.05, gt=0.0, le=10.0)
     temperature: float = Field(2.0, gt=0.0, le=100.0)
     layer_map: dict[int, int] | None = None
     """Student layer -> teacher layer (0-based) for hidden_mse/attention. Default: identity when the
     layer counts match, else uniform (student layer i -> teacher layer round((i+1)*Lt/Ls)-1)."""
 
     def active(self) -> dict[str, float]:
-        return {k: w for k in ("kl", "ce", "hidden_mse", "attention", "cosine") if (w := getattr(self, k)) > 0}
+        return {k: w for k in ("kl", "ce", "hidden_mse", "attention", "cosine", "relational")
+                if (w := getattr(self, k)) > 0}
 
     @model_validator(mode="after")
     def _some_loss(self) -> LossConfig:
         if not self.active():
-            raise ValueError("losses: every weight is 0; give at least one of kl, ce, hidden_mse, attention, cosine > 0")
+            raise ValueError("losses: every weight is 0; give at least one of kl, ce, hidden_mse, attention, cosine, "
+                             "relational > 0")
         return self
 
 

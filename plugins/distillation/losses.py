@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-__all__ = ["attention_loss", "build_distill_module", "cosine_loss", "hidden_mse_loss", "kl_loss", "last_hidden"]
+__all__ = ["attention_loss", "build_distill_module", "cosine_loss", "hidden_mse_loss", "kl_loss", "last_hidden",
+           "relational_loss"]
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -77,6 +78,31 @@ def cosine_loss(student_last: torch.Tensor, teacher_last: torch.Tensor, mask: to
     return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
 
 
+def relational_loss(student_last: torch.Tensor, teacher_last: torch.Tensor, mask: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of each sentence's softmax over its cosine similarities to the other
+    sentences in the batch (itself excluded), mean over sentences.
+
+    The cosine loss keeps each embedding near the teacher's, but says nothing about which sentences
+    end up nearest each other: errors of a few percent in many directions reorder neighbours. This
+    matches the in-batch similarity structure instead (relational / similarity-preserving
+    distillation: Park et al. 2019, Tung & Mori 2019), with a low temperature so the nearest
+    sentences dominate, as they do in a top-k search.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if student_last.shape[0] < 2:
+        return student_last.float().sum() * 0.0  # one sentence has no neighbours (keeps the graph for DDP)
+    s = F.normalize(_mean_pool(student_last.float(), mask), dim=-1)
+    t = F.normalize(_mean_pool(teacher_last.float(), mask), dim=-1)
+    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    s_logp = F.log_softmax((s @ s.T / temperature).masked_fill(eye, float("-inf")), dim=-1)
+    t_logp = F.log_softmax((t @ t.T / temperature).masked_fill(eye, float("-inf")), dim=-1)
+    per = (t_logp.exp() * (t_logp - s_logp)).masked_fill(eye, 0.0).sum(-1)
+    return per.mean()
+
+
 def build_distill_module(student: Any, losses: LossConfig, layer_map: dict[int, int], task: str,
                          widths: tuple[int, int]) -> nn.Module:
     """The student plus learned projections, computing the whole loss inside ``forward`` so DDP
@@ -96,7 +122,7 @@ def build_distill_module(student: Any, losses: LossConfig, layer_map: dict[int, 
                 if losses.hidden_mse > 0:
                     for s in layer_map:
                         self.projections[f"h{s}"] = nn.Linear(s_width, t_width)
-                if losses.cosine > 0:
+                if losses.cosine > 0 or losses.relational > 0:
                     self.projections["pool"] = nn.Linear(s_width, t_width)
 
         def _proj(self, key: str, h: torch.Tensor) -> torch.Tensor:
@@ -104,7 +130,8 @@ def build_distill_module(student: Any, losses: LossConfig, layer_map: dict[int, 
 
         def forward(self, inputs: dict[str, torch.Tensor], teacher: dict[str, Any],
                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            out = self.student(**inputs, output_hidden_states=losses.hidden_mse > 0 or losses.cosine > 0,
+            out = self.student(**inputs, output_hidden_states=losses.hidden_mse > 0 or losses.cosine > 0
+                               or losses.relational > 0,
                                output_attentions=losses.attention > 0)
             mask = inputs["attention_mask"]
             parts: dict[str, torch.Tensor] = {}
@@ -131,6 +158,9 @@ def build_distill_module(student: Any, losses: LossConfig, layer_map: dict[int, 
                 parts["attention"] = torch.stack(terms).mean()
             if losses.cosine > 0:
                 parts["cosine"] = cosine_loss(self._proj("pool", last_hidden(out)), teacher["last"], mask)
+            if losses.relational > 0:
+                parts["relational"] = relational_loss(self._proj("pool", last_hidden(out)), teacher["last"], mask,
+                                                      losses.relational_temperature)
             total = sum(getattr(losses, k) * v for k, v in parts.items())
             return total, {k: v.detach() for k, v in parts.items()}
 

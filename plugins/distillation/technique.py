@@ -61,6 +61,11 @@ def _check_data_and_losses(config: DistillationConfig, target: ModelTarget) -> L
             "Use mode: task-agnostic"
         )
     losses = resolve_losses(config, target.task, mode)
+    if losses.relational > 0 and target.task != "feature-extraction":
+        raise BadInputError(
+            f"distillation losses.relational: matches sentence-embedding neighbourhoods, and {arch} is a "
+            f"{target.task} model; use kl (and ce) for it"
+        )
     if losses.kl > 0 and target.task == "feature-extraction":
         raise BadInputError(
             f"distillation losses.kl: {arch} is a feature-extraction model without logits; "

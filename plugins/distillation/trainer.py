@@ -241,7 +241,8 @@ class DistillationTrainer:
         losses = self.losses
         t_inputs = _model_inputs(self.teacher_model, inputs, self.task)
         with torch.no_grad(), autocast(self.accelerator, self.precision):
-            out = self.teacher_model(**t_inputs, output_hidden_states=losses.hidden_mse > 0 or losses.cosine > 0,
+            out = self.teacher_model(**t_inputs, output_hidden_states=losses.hidden_mse > 0 or losses.cosine > 0
+                                     or losses.relational > 0,
                                      output_attentions=losses.attention > 0)
         result: dict[str, Any] = {}
         if losses.kl > 0:
@@ -250,7 +251,7 @@ class DistillationTrainer:
             result["hidden_states"] = out.hidden_states
         if losses.attention > 0:
             result["attentions"] = out.attentions
-        if losses.cosine > 0:
+        if losses.cosine > 0 or losses.relational > 0:
             result["last"] = last_hidden(out)
         return result
 

@@ -75,13 +75,14 @@ def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_
         if config.accuracy_control:
             model, report = ov_tools.quantize_int8_within(
                 model, feeds, _reference(state, input_names, feeds), max_cosine_drop=round(1.0 - config.min_cosine, 6),
-                ignored_names=ignored)
+                ignored_names=ignored, smooth_quant_alpha=config.smooth_quant_alpha)
             details.update(report)
         else:
-            model = ov_tools.quantize_int8(model, feeds, ignored_names=ignored)
+            model = ov_tools.quantize_int8(model, feeds, ignored_names=ignored, smooth_quant_alpha=config.smooth_quant_alpha)
         details.update(method="nncf.quantize" + ("_with_accuracy_control" if config.accuracy_control else "")
                        + ", ModelType.TRANSFORMER (SmoothQuant, fast bias correction)",
                        nncf=version("nncf"), calibration_texts=len(feeds), exclude=list(config.exclude),
+                       smooth_quant_alpha=config.smooth_quant_alpha,
                        excluded_nodes=len(ignored), quantize_seconds=round(time.perf_counter() - started, 2))
     xml = work_dir / ov_tools.OV_FILE
     ov_tools.save(model, xml)

@@ -42,15 +42,30 @@ def convert(onnx_path: Path) -> Any:
     return ov.convert_model(str(onnx_path))
 
 
-def quantize_int8(model: Any, feeds: Iterable[dict[str, Any]], *, ignored_names: Sequence[str] = ()) -> Any:
+def _nncf_options(ignored_names: Sequence[str], smooth_quant_alpha: float | None) -> dict[str, Any]:
+    """``nncf.quantize`` arguments shared by both int8 paths: the transformer preset, nodes kept in
+    float, and SmoothQuant's alpha when one is given (else NNCF's default for transformers)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER}
+    if ignored_names:
+        options["ignored_scope"] = nncf.IgnoredScope(names=list(ignored_names), validate=False)
+    if smooth_quant_alpha is not None:
+        options["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
+    return options
+
+
+def quantize_int8(model: Any, feeds: Iterable[dict[str, Any]], *, ignored_names: Sequence[str] = (),
+                  smooth_quant_alpha: float | None = None) -> Any:
     """NNCF post-training int8 (weights and activations) calibrated on ``feeds``, with the
     transformer preset; ``ignored_names``: nodes kept in float."""
     import nncf
 
     samples = list(feeds)
-    ignored = nncf.IgnoredScope(names=list(ignored_names), validate=False) if ignored_names else None
-    return nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(samples), ignored_scope=ignored)
+    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
+                         **_nncf_options(ignored_names, smooth_quant_alpha))
 
 
 def pooled(output: Any) -> Any:
@@ -62,7 +77,8 @@ def pooled(output: Any) -> Any:
 
 
 def quantize_int8_within(model: Any, feeds: list[dict[str, Any]], reference: list[Any], *, max_cosine_drop: float,
-                         ignored_names: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+                         ignored_names: Sequence[str] = (), smooth_quant_alpha: float | None = None,
+                         ) -> tuple[Any, dict[str, Any]]:
     """NNCF's accuracy-aware int8 (``quantize_with_accuracy_control``): quantize as
     :func:`quantize_int8`, then return the layers whose int8 costs most to float, ranked by NNCF,
     until the mean cosine to ``reference`` (the input model's pooled outputs on ``feeds``) is within
@@ -77,12 +93,13 @@ def quantize_int8_within(model: Any, feeds: list[dict[str, Any]], reference: lis
             values.append(float(got @ ref / max(1e-12, np.linalg.norm(got) * np.linalg.norm(ref))))
         return float(np.mean(values)), values
 
-    ignored = nncf.IgnoredScope(names=list(ignored_names), validate=False) if ignored_names else None
     validation = [(feed, np.asarray(ref, dtype=np.float64).reshape(-1)) for feed, ref in zip(feeds, reference, strict=True)]
+    options = _nncf_options(ignored_names, smooth_quant_alpha)
+    if "advanced_parameters" in options:  # this entry point names it differently
+        options["advanced_quantization_parameters"] = options.pop("advanced_parameters")
     quantized = nncf.quantize_with_accuracy_control(
         model, nncf.Dataset(feeds), nncf.Dataset(validation), mean_cosine, max_drop=max_cosine_drop,
-        drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
-        ignored_scope=ignored)
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(feeds), **options)
     return quantized, {"accuracy_control": {"max_cosine_drop": max_cosine_drop, "int8_weights": int8_weights(quantized)}}
 
 

@@ -106,6 +106,30 @@ def test_loss_functions_are_zero_on_identical_inputs_and_positive_otherwise() ->
     assert cosine_loss(h, -h, mask).item() == pytest.approx(2.0, abs=1e-5)
 
 
+def test_relational_loss_sees_neighbourhoods_that_the_cosine_loss_does_not() -> None:
+    import torch
+    from hfcompress_plugins.distillation.losses import cosine_loss, relational_loss
+
+    torch.manual_seed(0)
+    mask = torch.ones(4, 1, dtype=torch.long)
+    teacher = torch.randn(4, 1, 16)
+    assert relational_loss(teacher * 2.0, teacher, mask, 0.05).item() == pytest.approx(0.0, abs=1e-6)
+    # a rotation moves every embedding (cosine loss > 0) but keeps all pairwise similarities
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16))
+    rotated = teacher @ rotation
+    assert cosine_loss(rotated, teacher, mask).item() > 0.1
+    assert relational_loss(rotated, teacher, mask, 0.05).item() == pytest.approx(0.0, abs=1e-5)
+    # swapping which sentence is whose neighbour is what it punishes
+    a, b = torch.randn(16), torch.randn(16)
+    pairs = torch.stack([a, a + 0.1 * b, b, b + 0.1 * a]).unsqueeze(1)  # neighbours: 0-1, 2-3
+    swapped = pairs[[0, 2, 1, 3]]
+    assert relational_loss(swapped, pairs, mask, 0.05).item() > 1.0
+    padded = torch.cat([teacher, torch.full((4, 1, 16), 50.0)], dim=1)  # padding must not count
+    assert relational_loss(padded, teacher.expand(4, 2, 16), torch.tensor([[1, 0]] * 4), 0.05).item() \
+        == pytest.approx(0.0, abs=1e-6)
+    assert relational_loss(teacher[:1], teacher[:1], mask[:1], 0.05).item() == 0.0  # one sentence: no neighbours
+
+
 def test_default_layer_map_is_identity_or_uniform_ending_at_the_last_layer() -> None:
     from hfcompress_plugins.distillation.config import default_layer_map
 

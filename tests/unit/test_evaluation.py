@@ -177,3 +177,21 @@ def test_an_undeclared_metric_is_kept_with_a_warning_naming_the_evaluator(
     assert len(warnings) == 1
     assert "'sloppy-counter'" in warnings[0] and "'surprise_count'" in warnings[0]
     assert "declared_count" not in warnings[0] and "Sloppy.metrics" in warnings[0]
+
+
+def test_sentence_embeddings_equal_fixed_padding_in_input_order(tiny_bert_dir: Path) -> None:
+    """Length-sorted batches padded to their longest text give the vectors fixed padding gives."""
+    import torch
+
+    from hfcompress.artifact import load_state
+    from hfcompress.model_io import forward, reduce_output, sentence_embeddings, tokenize
+
+    state = load_state(tiny_bert_dir)
+    texts = ["a", "a much longer sentence with many more words in it", "mid length text", "b c", "one two three"]
+    got = sentence_embeddings(state, texts, max_length=16, batch_size=2)
+    batch = tokenize(state, texts, 16)
+    expected = torch.nn.functional.normalize(reduce_output(state, forward(state, batch), batch["attention_mask"]).double(),
+                                             dim=-1)
+    assert got.shape == (5, 32) and got.dtype == torch.float64
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(5, dtype=torch.float64))

@@ -160,3 +160,16 @@ def test_accuracy_control_is_an_openvino_int8_option() -> None:
                  {"backend": "auto", "accuracy_control": True}):
         with pytest.raises(ValidationError, match="accuracy_control is an openvino int8 option"):
             _config(**step)
+
+
+def test_smooth_quant_alpha_reaches_nncf_and_is_recorded(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    state = _load(tiny_bert_dir, "feature-extraction")
+    default = _technique().apply(state, _config(backend="openvino"), _ctx(tmp_path / "default"))
+    strong = _technique().apply(state, _config(backend="openvino", smooth_quant_alpha=0.2), _ctx(tmp_path / "weak"))
+    assert default.changes["smooth_quant_alpha"] is None and strong.changes["smooth_quant_alpha"] == 0.2
+    # another migration strength rescales activations and weights differently: other int8 outputs
+    assert not bool((_outputs(default.state) == _outputs(strong.state)).all())
+    # auto passes it to its openvino candidates only
+    auto = _config(backend="auto", smooth_quant_alpha=0.8)
+    assert auto.for_candidate("openvino:int8").smooth_quant_alpha == 0.8
+    assert auto.for_candidate("torch:bf16").smooth_quant_alpha is None

@@ -92,3 +92,13 @@ def test_default_recipe_and_every_technique_round_trip(_test_techniques) -> None
     for name in _test_techniques.techniques:  # a resolved recipe writes every default: it must load back
         recipe = Recipe.from_dict({"model": "m", "steps": [{name: minimal.get(name, {})}]})
         assert Recipe.from_dict(yaml.safe_load(recipe.dump())) == recipe, name
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples" / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_recipes_validate(path: Path) -> None:
+    """The documented presets load and validate as written (fields, candidates, gate metrics)."""
+    from hfcompress.pipeline import plan
+
+    recipe = Recipe.load(path)
+    plan(recipe)  # the same checks `hfcompress run` makes before any weights load
