@@ -46,7 +46,10 @@ def _nncf_options(ignored_names: Sequence[str], smooth_quant_alpha: float | None
     """``nncf.quantize`` arguments shared by both int8 paths: the transformer preset, nodes kept in
     float, and SmoothQuant's alpha when one is given (else NNCF's default for transformers)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
 
     options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER}
     if ignored_names:
