@@ -55,6 +55,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         # does not know, and SentenceTransformer(..., backend="onnx") reads config.json first
         "onnx": [{"head-pruning": {"ratio": 0.25, "importance": "magnitude"}},
                  {"quantization": {"backend": "onnxruntime", "graph_optimization": "none"}}],
+        "openvino": [{"head-pruning": {"ratio": 0.25, "importance": "magnitude"}},
+                     {"quantization": {"backend": "openvino"}}],
     }
     out = {"base": base}
     try:
@@ -94,7 +96,7 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return [round(float(c), 6) for c in torch.nn.functional.cosine_similarity(a, b, dim=-1)]
 
 
-@pytest.mark.parametrize("kind", ["pytorch", "cached", "pruned", "onnx"])
+@pytest.mark.parametrize("kind", ["pytorch", "cached", "pruned", "onnx", "openvino"])
 def test_output_keeps_the_pipeline_files(built: dict[str, Path], kind: str) -> None:
     for name in PIPELINE_FILES:
         assert (built[kind] / name).read_bytes() == (built["base"] / name).read_bytes(), name
@@ -160,6 +162,33 @@ def test_onnx_output_encodes_with_the_onnx_backend(built: dict[str, Path]) -> No
     assert min(_cosines(got, _base_pipeline_on(built["onnx"], built["base"]))) >= 0.9999
 
 
+def test_openvino_output_has_the_sentence_transformers_openvino_layout(built: dict[str, Path]) -> None:
+    import openvino as ov
+    from sentence_transformers.backend.utils import backend_should_export
+    from transformers import AutoTokenizer
+
+    folder = built["openvino"]
+    xml = folder / "openvino" / "openvino_model.xml"
+    assert xml.is_file() and xml.with_suffix(".bin").is_file() and not (folder / "openvino_model.xml").exists()
+    assert loader_kwargs(folder) == {"backend": "openvino"}
+    # what SentenceTransformer(DIR, backend="openvino") checks before loading: the IR is found, no re-export
+    export, kwargs = backend_should_export(folder, True, {}, "openvino_model.xml", "openvino*.xml", "OpenVINO")
+    assert (export, kwargs) == (False, {"subfolder": "openvino", "file_name": "openvino_model.xml"})
+    from hfcompress.hub.files import output_folder_files
+
+    assert {"openvino/openvino_model.xml", "openvino/openvino_model.bin"} <= set(output_folder_files(folder))
+    # a bare compile_model plus the base pipeline gives what the folder's pipeline gives through hfcompress
+    enc = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="np")
+    compiled = ov.Core().compile_model(str(xml), "CPU")
+    hidden = torch.from_numpy(compiled({k: v for k, v in enc.items() if k in {i.any_name for i in compiled.inputs}})[0])
+    mask = torch.from_numpy(enc["attention_mask"]).unsqueeze(-1).float()
+    bare = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    assert min(_cosines(bare, _base_pipeline_on(folder, built["base"]))) >= 0.99999
+    card = (folder / "README.md").read_text().split("## How to use", 1)[1]
+    assert f'SentenceTransformer("./{folder.name}", backend="openvino")' in card
+    assert 'ov.Core().compile_model(f"{folder}/openvino/openvino_model.xml", "CPU")' in card
+
+
 def test_card_shows_the_sentence_transformers_call_first(built: dict[str, Path]) -> None:
     def usage(kind: str) -> str:
         card = (built[kind] / "README.md").read_text()
@@ -178,14 +207,17 @@ def test_card_shows_the_sentence_transformers_call_first(built: dict[str, Path])
     assert usage("pytorch").split("```python", 1)[1].startswith("\nfrom sentence_transformers import")
 
 
-@pytest.mark.parametrize("kind", ["pruned", "onnx"])
+@pytest.mark.parametrize("kind", ["pruned", "onnx", "openvino"])
 def test_push_verification_checks_sentence_transformers(built: dict[str, Path], kind: str) -> None:
     from hfcompress.hub.verify import verify_main
 
     checks = {c["loader"]: c for c in verify_main(built[kind])["checks"]}
     assert checks["hfcompress.load"]["status"] == "ok"
+    if kind == "openvino":  # the IR through a bare openvino session reproduces the recorded outputs
+        assert checks["openvino"]["status"] == "ok" and checks["openvino"]["max_abs_diff"] <= 1e-5, checks
     st = checks["sentence-transformers"]
-    if kind == "onnx" and importlib.util.find_spec("optimum.onnxruntime") is None:
+    needs = {"onnx": "optimum.onnxruntime", "openvino": "optimum.intel"}.get(kind)  # what that backend imports
+    if needs and importlib.util.find_spec(needs) is None:
         assert st["status"] == "skipped" and "optimum" in st["reason"]
     else:
         assert st["status"] == "ok" and st["max_abs_diff"] <= 1e-5, st
