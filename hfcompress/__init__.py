@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Recipe", "Result", "__version__", "compress", "load", "load_state"]
+__all__ = ["Recipe", "Result", "__version__", "compress", "load", "load_state", "search"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .artifact import load, load_state
     from .pipeline import Result, compress
     from .recipe import Recipe
+    from .recipe_search import search
 
 _LAZY = {
     "compress": "pipeline",
@@ -27,6 +28,7 @@ _LAZY = {
     "Recipe": "recipe",
     "load": "artifact",
     "load_state": "artifact",
+    "search": "recipe_search",
 }
 
 

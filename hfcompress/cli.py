@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-drop", action="append", default=[], metavar="METRIC=VALUE",
                      help="quality gate: fail (exit 3, no push) if METRIC drops by more than VALUE; repeatable")
     run.add_argument("--no-cache", action="store_true", help="recompute every step, ignoring the step cache")
+    run.add_argument("--storage", metavar="URL",
+                     help="a recipe with a `search` section: the Optuna storage (SQLAlchemy URL) holding the search, "
+                     "shared by every worker pointed at it (default: SQLite under the cache); a re-run resumes it")
     run.add_argument("--json", action="store_true", help="print results.json to stdout")
     chatter = run.add_mutually_exclusive_group()
     chatter.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -125,12 +128,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         gate = recipe.gate or GateConfig()
         gate.max_drop.update(drops)
         recipe.gate = gate
-    result = compress(recipe=recipe, output_dir=args.output, push_to=args.push_to, device=args.device,
-                      use_cache=not args.no_cache)
+    if recipe.search is not None:
+        from .recipe_search import search
+
+        result = search(recipe=recipe, output_dir=args.output, storage=args.storage, push_to=args.push_to,
+                        device=args.device, use_cache=not args.no_cache)
+    elif args.storage:
+        from .errors import BadInputError
+
+        raise BadInputError("--storage: only a recipe with a `search` section uses a storage (see docs/search.md)")
+    else:
+        result = compress(recipe=recipe, output_dir=args.output, push_to=args.push_to, device=args.device,
+                          use_cache=not args.no_cache)
     if args.json:
         _emit_json({**result.results, "output_dir": str(result.output_dir), "push": result.push})
     else:
         print(summary_table(result.results))
+        searched = result.results.get("search")
+        if searched:
+            print(f"\nsearch: chosen trial {searched['chosen']} of {len(searched['trials'])} "
+                  f"(study {searched['study']}); the numbers above are on held-out data no trial was scored on")
         print(f"\nwrote {result.output_dir}")
         if result.push:
             print(f"pushed to {result.push.get('url', args.push_to)}")

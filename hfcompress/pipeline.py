@@ -132,8 +132,12 @@ def _label_mapping(config: Any, task: str, splits: DataSplits) -> dict[int, str]
     )
 
 
-def plan(recipe: Recipe) -> Plan:
-    """Every check that can fail, before any heavy work: model config, data, each step's ``check``."""
+def plan(recipe: Recipe, eval_part: str | None = None) -> Plan:
+    """Every check that can fail, before any heavy work: model config, data, each step's ``check``.
+
+    ``eval_part`` (``search`` or ``final``): evaluate on that half of the held-out split only
+    (:mod:`hfcompress.recipe_search.split`); the data fingerprint, and so the step cache, is that of
+    the whole split."""
     from .evaluation import check_metrics, evaluator_declarations
     from .gate import check_gate_metrics
 
@@ -149,6 +153,10 @@ def plan(recipe: Recipe) -> Plan:
     task = infer_task(config, recipe.task)
     assert recipe.data is not None
     splits = load_data(recipe.data)
+    if eval_part is not None:
+        from .recipe_search.split import select_eval_part
+
+        splits.eval = select_eval_part(splits.eval, eval_part)
     fmt = "pytorch"
     for i, step in enumerate(recipe.steps):
         technique = registry.technique(step.technique)
@@ -291,6 +299,7 @@ def compress(
     push_to: str | None = None,
     device: str | None = None,
     use_cache: bool = True,
+    eval_part: str | None = None,
 ) -> Result:
     """Compress ``model`` with ``recipe``, evaluate it against the original, write ``output_dir``.
 
@@ -298,8 +307,16 @@ def compress(
     ``model`` and ``data`` override the recipe's. Raises :class:`BadInputError` (before any heavy
     work) for bad input and :class:`GateFailedError` when a quality gate fails (the folder is
     written, nothing is pushed).
+
+    A recipe with a ``search`` section runs the search (:func:`hfcompress.search`, docs/search.md).
+    ``eval_part`` (used by the search's trials): evaluate on the ``search`` or ``final`` half of
+    the held-out split only.
     """
     resolved = _resolve_recipe(model, recipe, data)
+    if resolved.search is not None:
+        from .recipe_search import search
+
+        return search(recipe=resolved, output_dir=output_dir, push_to=push_to, device=device, use_cache=use_cache)
     if device is not None:
         resolved.device = device  # type: ignore[assignment]
     out = Path(output_dir or "hfcompress-output").resolve()
@@ -309,7 +326,7 @@ def compress(
         from .hub import check_repo_id
 
         check_repo_id(push_to)  # a bad id fails now, not after the whole run
-    p = plan(resolved)
+    p = plan(resolved, eval_part)
     accelerator = make_accelerator(resolved.device)
     resolved.provenance = {"packages": package_versions(), "seed": resolved.seed}
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .data import DataConfig
 from .errors import BadInputError
 from .plugin import TASKS, EvalSettings, TechniqueConfig
+from .recipe_search.config import SearchConfig, parse_search
 
 Device = Literal["auto", "cpu", "cuda", "xla"]
 
@@ -120,6 +121,8 @@ class Recipe(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     evaluate: EvalSettings = Field(default_factory=EvalSettings)
     gate: GateConfig | None = None
+    search: SearchConfig | None = None
+    """Search over step settings (knobs), objective, constraints and budget: docs/search.md."""
     push: PushConfig | None = None
     seed: int = 0
     device: Device = "auto"
@@ -134,6 +137,11 @@ class Recipe(BaseModel):
         if not isinstance(value, list):
             raise BadInputError("steps: must be a list of one-key mappings (technique name → config)")
         return [v if isinstance(v, Step) else parse_step(i, v) for i, v in enumerate(value)]
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _parse_search(cls, value: Any) -> Any:
+        return parse_search(value)
 
     @model_validator(mode="after")
     def _formats_move_forward(self) -> Recipe:
@@ -150,6 +158,14 @@ class Recipe(BaseModel):
                     f"move {step.technique} before the step that changes the format."
                 )
             fmt, producer = technique.output_format(step.config), f"steps[{i}] ({step.technique})"
+        return self
+
+    @model_validator(mode="after")
+    def _search_knobs(self) -> Recipe:
+        if self.search is not None:  # each knob names a step and a field of it, with valid values
+            from .recipe_search.config import resolve_knobs
+
+            resolve_knobs(self)
         return self
 
     # -- construction -------------------------------------------------------------------------
@@ -200,7 +216,8 @@ class Recipe(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json", exclude={"steps"}, exclude_none=True)
         out["steps"] = [s.to_yaml_obj() for s in self.steps]
-        order = ["model", "revision", "task", "data", "steps", "evaluate", "gate", "push", "seed", "device", "provenance"]
+        order = ["model", "revision", "task", "data", "steps", "evaluate", "gate", "search", "push", "seed", "device",
+                 "provenance"]
         return {k: out[k] for k in order if k in out}
 
     def dump(self, path: str | Path | None = None) -> str:
@@ -210,4 +227,4 @@ class Recipe(BaseModel):
         return text
 
 
-__all__ = ["TASKS", "GateConfig", "PushConfig", "Recipe", "Step"]
+__all__ = ["TASKS", "GateConfig", "PushConfig", "Recipe", "SearchConfig", "Step"]

@@ -24,6 +24,7 @@ from .metadata import (
     base_model_relation,
 )
 from .plot import write_plot
+from .search import search_lines
 from .snippets import _snippet
 from .tables import (
     _candidates_tables,
@@ -256,6 +257,7 @@ def write_card(
         "hfcompress", __version__
     )
     lines = _results_section(c, version, plot)
+    lines += search_lines(results.get("search"), metrics, plot)
     lines += _evaluation_section(c, lines)
     lines += [
         *_environment_section(c),

@@ -1,4 +1,5 @@
-"""The plot on the card: quality vs latency and vs size, base and compressed (``evaluation.png``)."""
+"""The plot on the card: quality vs latency and vs size, base and compressed (``evaluation.png``);
+after a search, a third panel with every full-level trial and the frontier (:mod:`.search`)."""
 
 from __future__ import annotations
 
@@ -47,10 +48,16 @@ def write_plot(folder: Path, results: dict[str, Any], metrics: Mapping[str, Metr
     except ImportError:
         log.warning("matplotlib is not installed (pip install 'hfcompress[plot]'): the card has no plot")
         return None
+    from .search import draw_search, has_search_plot
+
     name, bq, cq = chosen
     axes_spec = [("latency_ms", "latency, median (ms)", 1.0), ("size_bytes", "size on disk (MB)", 1e-6)]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, (key, label, scale) in zip(axes, axes_spec, strict=True):
+    search = results.get("search")
+    with_search = has_search_plot(search)  # a search's frontier: a third panel, not another file
+    fig, axes = plt.subplots(1, 3 if with_search else 2, figsize=(13.5 if with_search else 9, 3.6))
+    if with_search:
+        draw_search(axes[2], search or {}, metrics)
+    for ax, (key, label, scale) in zip(axes[:2], axes_spec, strict=True):
         for tag, block, quality, color in (("base", base, bq, "#888888"), ("compressed", comp, cq, "#d62728")):
             x = block.get(key)
             if quality is None or x is None:

@@ -195,7 +195,7 @@ def test_technique_rows_show_formats() -> None:
     assert (rows["distillation"]["accepts_formats"], rows["distillation"]["produces_formats"]) == (
         ["pytorch"], ["pytorch"])
     assert rows["quantization"]["accepts_formats"] == ["pytorch"]
-    assert rows["quantization"]["produces_formats"] == ["pytorch", "quanto", "onnx", "onnx-genai"]
+    assert rows["quantization"]["produces_formats"] == ["pytorch", "quanto", "onnx", "openvino", "onnx-genai"]
     # produces_formats is exactly what output_format can return
     assert set(Quantization.produces_formats) == set(BACKEND_FORMAT.values())
     for backend in (*BACKEND_FORMAT, "auto"):
