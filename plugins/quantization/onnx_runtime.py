@@ -369,6 +369,39 @@ def count_parameters(path: Path) -> int:
     return total
 
 
+def numpy_feed(inputs: dict[str, Any], input_names: Sequence[str], runtime: str) -> dict[str, Any]:
+    """Keyword inputs (torch tensors or arrays) as the int64 arrays a graph runtime takes: only the
+    graph's inputs, and the missing ones filled as transformers defaults them (attend everywhere,
+    segment 0). Shared by the ONNX Runtime and OpenVINO wrappers."""
+    import numpy as np
+    import torch
+
+    feed: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if name not in input_names or value is None:
+            continue
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        feed[name] = array.astype(np.int64)
+    if "input_ids" not in feed:
+        raise ValueError(f"the {runtime} model needs input_ids; it accepts {', '.join(input_names)}")
+    for name in input_names:
+        if name not in feed:
+            fill = np.ones_like if name == "attention_mask" else np.zeros_like
+            feed[name] = fill(feed["input_ids"])
+    return feed
+
+
+def model_output(out: torch.Tensor, task: str) -> Any:
+    """The graph's one output as the transformers output class of ``task``."""
+    from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
+
+    if task == "feature-extraction":
+        return BaseModelOutput(last_hidden_state=out)
+    if task == "text-generation":
+        return CausalLMOutput(logits=out)
+    return SequenceClassifierOutput(logits=out)
+
+
 class OnnxModel:
     """An ONNX Runtime session that is called like a transformers model.
 
@@ -409,28 +442,10 @@ class OnnxModel:
         return self
 
     def __call__(self, **inputs: Any) -> Any:
-        import numpy as np
         import torch
-        from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 
-        feed: dict[str, Any] = {}
-        for name, value in inputs.items():
-            if name not in self.input_names or value is None:
-                continue
-            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            feed[name] = array.astype(np.int64)
-        if "input_ids" not in feed:
-            raise ValueError(f"the ONNX model needs input_ids; it accepts {', '.join(self.input_names)}")
-        for name in self.input_names:  # same defaults as transformers: attend everywhere, segment 0
-            if name not in feed:
-                fill = np.ones_like if name == "attention_mask" else np.zeros_like
-                feed[name] = fill(feed["input_ids"])
-        out = torch.from_numpy(self.session.run(self.output_names[:1], feed)[0])
-        if self.task == "feature-extraction":
-            return BaseModelOutput(last_hidden_state=out)
-        if self.task == "text-generation":
-            return CausalLMOutput(logits=out)
-        return SequenceClassifierOutput(logits=out)
+        feed = numpy_feed(inputs, self.input_names, "ONNX")
+        return model_output(torch.from_numpy(self.session.run(self.output_names[:1], feed)[0]), self.task)
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.path}, task={self.task!r}, inputs={self.input_names}, threads={self.num_threads})"

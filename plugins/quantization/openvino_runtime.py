@@ -191,27 +191,12 @@ class OpenVinoModel:
     def __call__(self, **inputs: Any) -> Any:
         import numpy as np
         import torch
-        from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 
-        feed: dict[str, Any] = {}
-        for name, value in inputs.items():
-            if name not in self.input_names or value is None:
-                continue
-            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            feed[name] = array.astype(np.int64)
-        if "input_ids" not in feed:
-            raise ValueError(f"the OpenVINO model needs input_ids; it accepts {', '.join(self.input_names)}")
-        for name in self.input_names:  # same defaults as transformers: attend everywhere, segment 0
-            if name not in feed:
-                fill = np.ones_like if name == "attention_mask" else np.zeros_like
-                feed[name] = fill(feed["input_ids"])
+        from .onnx_runtime import model_output, numpy_feed
+
+        feed = numpy_feed(inputs, self.input_names, "OpenVINO")
         # copy: the output tensor is the compiled model's buffer, reused by the next call
-        out = torch.from_numpy(np.array(self.compiled(feed)[0], dtype=np.float32))
-        if self.task == "feature-extraction":
-            return BaseModelOutput(last_hidden_state=out)
-        if self.task == "text-generation":
-            return CausalLMOutput(logits=out)
-        return SequenceClassifierOutput(logits=out)
+        return model_output(torch.from_numpy(np.array(self.compiled(feed)[0], dtype=np.float32)), self.task)
 
     def __repr__(self) -> str:
         return f"OpenVinoModel({self.path}, task={self.task!r}, inputs={self.input_names}, threads={self.num_threads})"
