@@ -365,6 +365,9 @@ def _trials(storage: str) -> list[Any]:
         return []
 
 
+# Each starts several hfcompress processes: they run in `make test-all` and are kept out of
+# the default suite so that it stays under 15 minutes.
+@pytest.mark.slow
 def test_two_workers_share_one_storage_and_never_run_a_trial_twice(
     tiny: Path, data_file: str, tmp_path: Path, plugin_dir: Path
 ) -> None:
@@ -391,6 +394,7 @@ def test_two_workers_share_one_storage_and_never_run_a_trial_twice(
     assert all("search: trial" in log and "trials" in log for log in logs)  # one progress line per trial
 
 
+@pytest.mark.slow
 def test_a_search_killed_mid_trial_resumes_and_finishes_the_same_trials(
     tiny: Path, data_file: str, tmp_path: Path, plugin_dir: Path
 ) -> None:
