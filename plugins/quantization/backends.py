@@ -68,6 +68,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "onnxruntime-genai:int4": {"backend": "onnxruntime-genai", "dtype": "int4"},
     "onnxruntime-genai:int4-kquant-mixed": {"backend": "onnxruntime-genai", "dtype": "int4", "algorithm": "k_quant",
                                             "int8_layers": ["last_matmul", "mixed_layers"]},
+    "onnxruntime-genai:int4-awq-mixed": {"backend": "onnxruntime-genai", "dtype": "int4", "algorithm": "awq",
+                                         "int4_ratio": 0.3},
     "onnxruntime-genai:int8": {"backend": "onnxruntime-genai", "dtype": "int8"},
     "onnxruntime-genai:fp32": {"backend": "onnxruntime-genai", "dtype": "fp32"},
 }
@@ -81,10 +83,12 @@ DEFAULT_CANDIDATES = {
 # Causal LMs are chosen on decode speed, perplexity and greedy agreement (decoder_auto). Measured
 # on SmolLM2-135M, 1 thread (docs/techniques/quantization.md): int4 round-to-nearest 114 tokens/s
 # at +38% perplexity, int4 k-quant with int8 sensitive layers 102 at +11%, int8 88 at +0.2%,
-# fp32 with a KV cache 29 at +0%, PyTorch bf16 17 (fp32 15). The int4 ones stay in the list so
+# fp32 with a KV cache 29 at +0%, PyTorch bf16 17 (fp32 15); int4 calibrated by NNCF (AWQ + scale
+# estimation) with 30% of the weights int4, the rest int8: 80 at +3.3%. The int4 ones stay in the list so
 # the card shows where they land on each model.
 DEFAULT_CANDIDATES_CAUSAL_LM = {
-    "cpu": ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed", "onnxruntime-genai:int8",
+    "cpu": ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed", "onnxruntime-genai:int4-awq-mixed",
+            "onnxruntime-genai:int8",
             "onnxruntime-genai:fp32", "torch:bf16"],
     "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
 }

@@ -8,6 +8,7 @@ generates with ``onnxruntime_genai`` alone; the runtime-specific work is in ``ge
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +30,15 @@ def check(config: QuantizationConfig, target: ModelTarget, where: str) -> None:
     if reason:
         raise BadInputError(f"{where}: {target.architecture} ({target.model_type}): {reason}. Use backend "
                             "onnxruntime, quanto or torch for this model.")
+    if config.algorithm == "awq" and importlib.util.find_spec("nncf") is None:
+        raise BadInputError(f"{where}: algorithm awq calibrates with NNCF, which is not installed; "
+                            "pip install 'hfcompress[openvino]' (openvino + nncf), or use algorithm rtn / k_quant")
 
 
 def data_needed(config: QuantizationConfig) -> tuple[str, str] | None:
+    if config.algorithm == "awq":
+        return ("algorithm awq calibrates the int4 weights on the recipe's training texts",
+                "add a data section (e.g. data: vader:movie) or use algorithm rtn / k_quant")
     return None
 
 
@@ -45,7 +52,7 @@ def skip_reason(name: str, device: Any, state: ModelState) -> str | None:
 
 def builder_options(config: QuantizationConfig) -> dict[str, str]:
     """The model builder's ``--extra_options`` for this config (none for fp32: nothing to round)."""
-    if config.resolved_dtype() == "fp32":
+    if config.resolved_dtype() == "fp32" or config.algorithm == "awq":  # awq rounds the fp32 build itself
         return {}
     # rtn is the builder's own default; passing algo_config=rtn selects another code path that
     # rounded differently (measured on SmolLM2 int8: perplexity +0.2% vs +0.001% with the default)
@@ -60,11 +67,33 @@ def builder_options(config: QuantizationConfig) -> dict[str, str]:
 def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_dir: Path,
           copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
     """The builder reads a saved copy of the model, so ``copy_model`` does not matter."""
-    folder, details = genai_runtime.build(state.model, state.tokenizer, config.resolved_dtype(), work_dir,
-                                          config.threads, builder_options(config))
+    calibrated = config.algorithm == "awq"
+    folder, details = genai_runtime.build(state.model, state.tokenizer, "fp32" if calibrated else config.resolved_dtype(),
+                                          work_dir, config.threads, builder_options(config))
+    if calibrated:
+        details.update(_calibrate(folder, state, config, texts))
     model = genai_runtime.GenaiModel(folder, state.model.config)
     return ModelState(model, state.tokenizer, state.task, format="onnx-genai", saver=save,
                       loader=TECHNIQUE, info=step_info(state, details)), details
+
+
+def _calibrate(folder: Path, state: ModelState, config: QuantizationConfig, texts: list[str]) -> dict[str, Any]:
+    """NNCF's calibrated int4 on the fp32 build, fed the calibration texts as the graph's own inputs."""
+    import numpy as np
+
+    from . import genai_calibrated
+
+    fp32 = genai_runtime.GenaiModel(folder)
+    feeds = []
+    for text in texts[: config.calibration_samples]:
+        ids = state.tokenizer(text, return_tensors="np")["input_ids"][:, : config.sequence_length]
+        if ids.shape[1]:
+            feeds.append(fp32.prefill_feed(ids, np.ones_like(ids)))
+    del fp32  # its session holds the fp32 weights the rewrite replaces
+    details = genai_calibrated.compress(folder, feeds, config.group_size, config.int4_ratio)
+    details["dtype"] = "int4"
+    details["size_bytes"] = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(genai_runtime.ONNX_FILE))
+    return details
 
 
 def save(state: ModelState, path: Path) -> None:

@@ -305,6 +305,13 @@ class GenaiModel:
         the call for a continuation, where padding is refused: callers pass unpadded rows then."""
         import numpy as np
 
+        return self.session.run(["logits"], self.prefill_feed(ids, mask))[0].astype(np.float32)
+
+    def prefill_feed(self, ids: Any, mask: Any) -> dict[str, Any]:
+        """ONNX Runtime inputs for a prefill of ``ids`` (numpy, batch x length) with an empty KV cache
+        (also the calibration inputs of ``genai_calibrated``)."""
+        import numpy as np
+
         feed: dict[str, Any] = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         heads, size = self._kv
         sliding = self._sliding_inputs
@@ -314,7 +321,7 @@ class GenaiModel:
                 dtype = np.float16 if "float16" in inp.type else np.float32
                 capacity = window if inp.name in sliding else 0
                 feed[inp.name] = np.zeros((ids.shape[0], heads, capacity, size), dtype=dtype)
-        return self.session.run(["logits"], feed)[0].astype(np.float32)
+        return feed
 
     def __call__(self, input_ids: Any = None, attention_mask: Any = None, **ignored: Any) -> Any:
         import numpy as np

@@ -97,14 +97,17 @@ def test_builder_options_follow_the_config() -> None:
     auto = _config(backend="auto")
     kquant = auto.for_candidate("onnxruntime-genai:int4-kquant-mixed")
     assert (kquant.algorithm, kquant.int8_layers) == ("k_quant", ["last_matmul", "mixed_layers"])
+    awq = auto.for_candidate("onnxruntime-genai:int4-awq-mixed")
+    assert (awq.algorithm, awq.int4_ratio, awq.resolved_dtype()) == ("awq", 0.3, "int4")
+    assert builder_options(awq) == {}  # the builder writes fp32; NNCF rounds it (genai_calibrated)
 
 
 def test_default_candidates_for_causal_lms_are_measured_generators() -> None:
     from hfcompress_plugins.quantization.auto import candidate_names
 
     names = candidate_names(_config(backend="auto"), "cpu", "text-generation")
-    assert names[:4] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed", "onnxruntime-genai:int8",
-                         "onnxruntime-genai:fp32"]
+    assert names[:5] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed",
+                         "onnxruntime-genai:int4-awq-mixed", "onnxruntime-genai:int8", "onnxruntime-genai:fp32"]
     assert not any(n.startswith("onnxruntime-genai") for n in candidate_names(_config(backend="auto"), "cpu"))
 
 

@@ -284,6 +284,49 @@ print(json.dumps([int(t) for t in generator.get_sequence(0)]))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_awq_int4_is_calibrated_mixed_and_runs_with_the_runtime_alone(family: str, tmp_path: Path) -> None:
+    """algorithm awq: NNCF's calibrated int4 for part of the matmuls, int8 MatMulNBits for the rest, no
+    float matmul left, every one on the int8-activation kernel; the folder generates with bare
+    onnxruntime-genai exactly as hfcompress.load does."""
+    import onnx
+    import torch
+    from hfcompress_plugins.quantization import Quantization
+
+    import hfcompress
+
+    src = make_tiny_causal_lm(family, tmp_path / "src")
+    state = _load(src)
+    result = Quantization().apply(state, _config(backend="onnxruntime-genai", dtype="int4", algorithm="awq",
+                                                 int4_ratio=0.5), _ctx(tmp_path / "work"))
+    out = tmp_path / "out"
+    save_state(result.state, out)
+    changes = result.changes
+    assert changes["dtype"] == "int4" and changes["nncf"] and changes["calibration_texts"] == len(TEXTS)
+    assert changes["matmuls_int4"] > 0 and changes["matmuls_int8"] > 0
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    constants = {init.name for init in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and set(n.input) & constants]
+    # int4: blocked DequantizeLinear of 4-bit weights (opset 22; ONNX Runtime fuses it into MatMulNBits)
+    int4 = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"]
+    weights = {init.name: init.data_type for init in graph.initializer}
+    assert len(int4) == changes["matmuls_int4"]
+    assert {weights[name] for name in int4} <= {onnx.TensorProto.UINT4, onnx.TensorProto.INT4}
+    nbits = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == changes["matmuls_int8"] and {(a["bits"], a["accuracy_level"]) for a in nbits} == {(8, 4)}
+    ids = _prompt_ids(state.tokenizer, PROMPTS[1])
+    ours = hfcompress.load(out).generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert ours.shape == (1, ids.shape[1] + NEW_TOKENS)
+    proc = subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(out), json.dumps(ids[0].tolist()), str(NEW_TOKENS)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours[0].tolist()
+    with torch.no_grad():
+        reference = state.model(input_ids=ids).logits
+    got = hfcompress.load(out)(input_ids=ids).logits
+    assert torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0) > 0.9
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_folder_generates_with_onnxruntime_genai_alone(family: str, built: Any) -> None:
     import hfcompress
 
@@ -382,6 +425,9 @@ def test_check_refuses_custom_modeling_code() -> None:
         ({"exclude": ["lm_head", "model.layers.0.*"]}, "exclude is a quanto/onnxruntime option"),
         ({"mode": "static"}, "onnxruntime options"),
         ({"activations": "int8"}, "activations is a quanto option"),
+        ({"algorithm": "awq", "dtype": "int8"}, "awq calibrates int4 weights"),
+        ({"algorithm": "awq", "dtype": "int4", "int8_layers": ["last_matmul"]}, "set int4_ratio instead"),
+        ({"dtype": "int4", "int4_ratio": 0.5}, "int4_ratio is an algorithm awq option"),
     ],
 )
 def test_bad_config_is_refused(step: dict[str, Any], expected: str) -> None:
