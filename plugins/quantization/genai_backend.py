@@ -85,14 +85,14 @@ def _calibrate(folder: Path, state: ModelState, config: QuantizationConfig, text
 
     fp32 = genai_runtime.GenaiModel(folder)
     feeds = []
-    for text in texts[: config.calibration_samples]:
+    for text in texts:  # already cut to calibration_samples (measure.calibration_texts)
         ids = state.tokenizer(text, return_tensors="np")["input_ids"][:, : config.sequence_length]
         if ids.shape[1]:
             feeds.append(fp32.prefill_feed(ids, np.ones_like(ids)))
     del fp32  # its session holds the fp32 weights the rewrite replaces
     details = genai_calibrated.compress(folder, feeds, config.group_size, config.int4_ratio)
     details["dtype"] = "int4"
-    details["size_bytes"] = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(genai_runtime.ONNX_FILE))
+    details["size_bytes"] = genai_runtime.onnx_size(folder)
     return details
 
 

@@ -145,9 +145,14 @@ def build(model: Any, tokenizer: Any, precision: str, work_dir: Path, threads: i
         "kv_cache": True, "intra_op_num_threads": threads,
         **({"eos_ids_dropped": dropped} if dropped else {}),
         "builder_seconds": round(time.perf_counter() - started, 2),
-        "size_bytes": sum(p.stat().st_size for p in out_dir.iterdir() if p.name.startswith(ONNX_FILE)),
+        "size_bytes": onnx_size(out_dir),
     }
     return out_dir, details
+
+
+def onnx_size(folder: Path) -> int:
+    """Bytes of the graph and its external weights (``model.onnx*``)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name.startswith(ONNX_FILE))
 
 
 def read_config(folder: Path) -> dict[str, Any]:
