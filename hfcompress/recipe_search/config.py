@@ -13,12 +13,20 @@ A knob is ``STEP.FIELD``: a step of the recipe by its technique's name (or ``ste
 technique appears twice) and a top-level field of that technique's typed config. Every candidate
 value is validated by that config before any work (:func:`resolve_knobs`, called when the recipe
 is parsed), so a typo exits 2 naming the step and the field.
+
+``STEP.enabled: [true, false]`` switches a whole step on or off (unless the technique's config
+has a field of that name): a search can then find that a technique costs more quality than the
+constraints allow (pruning and distillation move an embedding space; quantization alone may be
+the only way to keep an index's neighbours). The other knobs of a step that is off do not count:
+two trials that differ only there are the same candidate.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import itertools
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -201,6 +209,8 @@ class Knob:
     field: str
     choices: tuple[Any, ...] | None = None
     range: RangeKnob | None = None
+    toggle: bool = False
+    """``STEP.enabled``: the value switches the whole step on (true) or off (false)."""
 
     def suggest(self, trial: Any) -> Any:
         if self.choices is not None:
@@ -273,6 +283,9 @@ def resolve_knobs(recipe: Recipe) -> list[Knob]:
         step = recipe.steps[index]
         config_cls = registry.technique(step.technique).Config
         label = f"steps[{index}] ({step.technique})"
+        if field == TOGGLE and field not in config_cls.model_fields:
+            knobs.append(_toggle_knob(recipe, name, index, spec, where))
+            continue
         if "." in field:
             raise BadInputError(
                 f"{where}: {field!r} is nested; a knob sets a top-level field of {label}'s config: "
@@ -304,15 +317,34 @@ def resolve_knobs(recipe: Recipe) -> list[Knob]:
     return knobs
 
 
+TOGGLE = "enabled"
+"""The pseudo-field of every step that a knob turns on or off."""
+
+
+def _toggle_knob(recipe: Recipe, name: str, index: int, spec: Any, where: str) -> Knob:
+    step = recipe.steps[index]
+    if not isinstance(spec, list) or any(not isinstance(v, bool) for v in spec):
+        raise BadInputError(f"{where}: `enabled` switches steps[{index}] ({step.technique}) on or off; "
+                            f"give a list of booleans, [true, false]")
+    if False in spec:
+        check_formats(recipe, index, TOGGLE, False, where)
+    return Knob(name=name, index=index, technique=step.technique, field=TOGGLE, choices=tuple(spec), toggle=True)
+
+
 def check_formats(recipe: Recipe, index: int, field: str, value: Any, where: str) -> None:
-    """The recipe with this one value still has formats moving forward (pytorch → onnx...)."""
+    """The recipe with this one value still has formats moving forward (pytorch → onnx...).
+
+    ``field`` ``enabled`` with ``False`` checks the recipe without that step."""
     from ..registry import get_registry
 
     registry = get_registry()
     fmt, producer = "pytorch", "the model"
+    toggled_off = field == TOGGLE and value is False
     for i, step in enumerate(recipe.steps):
         technique = registry.technique(step.technique)
         config = step.config
+        if i == index and toggled_off and TOGGLE not in technique.Config.model_fields:
+            continue
         if i == index:
             config = technique.Config.model_validate({**config.model_dump(mode="json"), field: value})
         if fmt not in technique.accepts_formats:
@@ -324,12 +356,37 @@ def check_formats(recipe: Recipe, index: int, field: str, value: Any, where: str
         fmt, producer = technique.output_format(config), f"steps[{i}] ({step.technique})"
 
 
+def effective_overrides(knobs: list[Knob], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` without the knobs of steps that a toggle switched off (they change nothing)."""
+    off = {k.index for k in knobs if k.toggle and overrides.get(k.name) is False}
+    by_name = {k.name: k for k in knobs}
+    return {name: value for name, value in overrides.items()
+            if name not in by_name or by_name[name].toggle or by_name[name].index not in off}
+
+
+def distinct_candidates(knobs: list[Knob]) -> int | None:
+    """How many different candidates an all-lists space holds (None with a range)."""
+    if any(k.choices is None for k in knobs):
+        return None
+    points = itertools.product(*(k.choices or () for k in knobs))
+    return len({json.dumps(effective_overrides(knobs, {k.name: v for k, v in zip(knobs, point, strict=True)}),
+                           sort_keys=True) for point in points})
+
+
 def apply_overrides(recipe_dict: dict[str, Any], knobs: list[Knob], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``recipe.to_dict()`` with each knob's value written into its step's config."""
+    """A copy of ``recipe.to_dict()`` with each knob's value written into its step's config and
+    the steps a toggle switched off removed."""
     out = copy.deepcopy(recipe_dict)
+    off: set[int] = set()
     for knob in knobs:
-        if knob.name in overrides:
-            out["steps"][knob.index][knob.technique][knob.field] = overrides[knob.name]
+        if knob.name not in overrides:
+            continue
+        if knob.toggle:
+            if overrides[knob.name] is False:
+                off.add(knob.index)
+            continue
+        out["steps"][knob.index][knob.technique][knob.field] = overrides[knob.name]
+    out["steps"] = [step for i, step in enumerate(out["steps"]) if i not in off]
     return out
 
 

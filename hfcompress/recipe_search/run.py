@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import time
 import warnings
@@ -28,7 +27,15 @@ from ..errors import BadInputError, GateFailedError, HfCompressError
 from ..plugin import Metric
 from ..recipe import GateConfig, Recipe
 from . import report
-from .config import Knob, SearchConfig, apply_overrides, resolve_knobs, screened_steps
+from .config import (
+    Knob,
+    SearchConfig,
+    apply_overrides,
+    distinct_candidates,
+    effective_overrides,
+    resolve_knobs,
+    screened_steps,
+)
 from .split import select_eval_part
 from .study import (
     WORKER,
@@ -97,7 +104,7 @@ def _check_candidates(recipe: Recipe, knobs: list[Knob], p: Any) -> None:
     fmt = "pytorch"
     for i, step in enumerate(recipe.steps):
         technique = registry.technique(step.technique)
-        for knob in (k for k in knobs if k.index == i and k.choices is not None):
+        for knob in (k for k in knobs if k.index == i and k.choices is not None and not k.toggle):
             for value in knob.choices or ():
                 cfg = technique.Config.model_validate({**step.config.model_dump(mode="json"), knob.field: value})
                 target = ModelTarget(config=config, task=p.task, format=fmt, has_labels=p.splits.has_labels,
@@ -130,9 +137,7 @@ class Search:
         for key in ("search", "gate", "push", "provenance"):
             base.pop(key, None)
         self.base_dict = base
-        self.space_size: int | None = None
-        if all(k.choices is not None for k in self.knobs):
-            self.space_size = math.prod(len(k.choices or ()) for k in self.knobs)
+        self.space_size = distinct_candidates(self.knobs)
         self.duplicates = 0
         self.exhausted = False
         self.started = time.monotonic()
@@ -192,7 +197,7 @@ class Search:
         from optuna.trial import TrialState
 
         for t in self._trials():
-            if t.number >= number or t.user_attrs.get("skipped") or t.params != params:
+            if t.number >= number or t.user_attrs.get("skipped") or effective_overrides(self.knobs, t.params) != params:
                 continue
             if (t.state == TrialState.COMPLETE and "record" in t.user_attrs) or t.state == TrialState.RUNNING:
                 return int(t.number)
@@ -220,7 +225,7 @@ class Search:
 
         trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("interrupted", False)
-        overrides = {k.name: k.suggest(trial) for k in self.knobs}
+        overrides = effective_overrides(self.knobs, {k.name: k.suggest(trial) for k in self.knobs})
         if self.config.max_trials and self._counted(below=trial.number) >= self.config.max_trials:
             trial.set_user_attr("skipped", "max_trials reached by other trials")
             self.study.stop()

@@ -184,6 +184,8 @@ def test_search_section_parses_resolves_and_round_trips(tiny: Path, data_file: s
     ({"cost": [1]}, ["search.knobs.cost", "STEP.FIELD"]),
     ({"steps[3].cost": [1]}, ["no steps[3]"]),
     ({}, ["search.knobs: give at least one knob"]),
+    ({"knob.enabled": [1, 0]}, ["search.knobs.knob.enabled", "switches steps[0] (knob) on or off", "[true, false]"]),
+    ({"knob.enabled": {"low": 0, "high": 1}}, ["search.knobs.knob.enabled", "a list of booleans"]),
 ])
 def test_bad_knobs_name_the_step_and_the_field(tiny: Path, data_file: str, knobs: dict[str, Any],
                                                needles: list[str]) -> None:
@@ -279,6 +281,32 @@ def test_chosen_is_the_best_candidate_that_passes_and_results_hold_the_search(
     card = (out / "README.md").read_text()
     assert "## Search" in card and f"{block['chosen']} (chosen)" in card
     assert len(computed(tmp_path)) == 8  # each candidate computed once; the final run came from the step cache
+
+
+def test_an_enabled_knob_switches_a_step_off_and_its_other_knobs_stop_counting(
+    tiny: Path, data_file: str, tmp_path: Path
+) -> None:
+    from hfcompress import search
+
+    r = recipe(tiny, data_file, {"knobs": {"steps[1].enabled": [True, False], "steps[1].quality": [0.5, 0.6]},
+                                 "objective": "knob_cost", "constraints": MIN_QUALITY, "max_trials": 4,
+                                 "screening": False})
+    # the first step passes on its own (quality 0.95, cost 2); the second is cheaper but loses quality
+    r["steps"] = [{"knob": {"cost": 2, "quality": 0.95}}, {"knob": {"cost": 1, "quality": 0.5}}]
+    result = search(recipe=r, output_dir=tmp_path / "out")
+    block = result.results["search"]
+    overrides = sorted(json.dumps(t["overrides"], sort_keys=True) for t in block["trials"])
+    # four grid points, three candidates: with the step off, its quality knob changes nothing
+    assert overrides == sorted(json.dumps(o, sort_keys=True) for o in (
+        {"steps[1].enabled": True, "steps[1].quality": 0.5}, {"steps[1].enabled": True, "steps[1].quality": 0.6},
+        {"steps[1].enabled": False}))
+    assert len(block["skipped"]) == 1
+    chosen = next(t for t in block["trials"] if t["number"] == block["chosen"])
+    assert chosen["overrides"] == {"steps[1].enabled": False} and chosen["metrics"]["knob_cost"] == 2
+    final = Recipe.load(tmp_path / "out" / "hfcompress.yaml")
+    assert [s.technique for s in final.steps] == ["knob"] and final.steps[0].config.model_dump()["cost"] == 2
+    assert result.results["compressed"]["metrics"]["knob_cost"] == 2
+    assert sorted(c["quality"] for c in computed(tmp_path)) == [0.5, 0.6, 0.95]  # the first step once: cached
 
 
 def test_screening_promotes_only_candidates_that_could_still_pass(tiny: Path, data_file: str, tmp_path: Path) -> None:
