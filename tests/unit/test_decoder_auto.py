@@ -100,14 +100,17 @@ def test_builder_options_follow_the_config() -> None:
     awq = auto.for_candidate("onnxruntime-genai:int4-awq-mixed")
     assert (awq.algorithm, awq.int4_ratio, awq.resolved_dtype()) == ("awq", 0.3, "int4")
     assert builder_options(awq) == {}  # the builder writes fp32; NNCF rounds it (genai_calibrated)
+    group128 = auto.for_candidate("onnxruntime-genai:int8-group128")
+    assert builder_options(group128) == {"block_size": "128"} and group128.resolved_dtype() == "int8"
 
 
 def test_default_candidates_for_causal_lms_are_measured_generators() -> None:
     from hfcompress_plugins.quantization.auto import candidate_names
 
     names = candidate_names(_config(backend="auto"), "cpu", "text-generation")
-    assert names[:5] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed",
-                         "onnxruntime-genai:int4-awq-mixed", "onnxruntime-genai:int8", "onnxruntime-genai:fp32"]
+    assert names[:6] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed",
+                         "onnxruntime-genai:int4-awq-mixed", "onnxruntime-genai:int8",
+                         "onnxruntime-genai:int8-group128", "onnxruntime-genai:fp32"]
     assert not any(n.startswith("onnxruntime-genai") for n in candidate_names(_config(backend="auto"), "cpu"))
 
 
