@@ -56,7 +56,7 @@ def write_plot(folder: Path, results: dict[str, Any], metrics: Mapping[str, Metr
     with_search = has_search_plot(search)  # a search's frontier: a third panel, not another file
     fig, axes = plt.subplots(1, 3 if with_search else 2, figsize=(13.5 if with_search else 9, 3.6))
     if with_search:
-        draw_search(axes[2], search or {}, metrics)
+        draw_search(axes[2], search or {}, metrics, base)
     for ax, (key, label, scale) in zip(axes[:2], axes_spec, strict=True):
         for tag, block, quality, color in (("base", base, bq, "#888888"), ("compressed", comp, cq, "#d62728")):
             x = block.get(key)

@@ -47,11 +47,13 @@ def loosened(constraints: Mapping[str, Any], slack: float) -> dict[str, Any]:
 def summarize(results: dict[str, Any], constraints: Mapping[str, Any], metrics: Mapping[str, Metric],
               objectives: list[str]) -> dict[str, Any]:
     """One level of a trial: the compressed model's numbers, the objective, pass/fail and why."""
-    comp = results.get("compressed") or {}
+    comp, base = results.get("compressed") or {}, results.get("base") or {}
     failures = check_gate(results, dict(constraints), metrics) if constraints else []
     return {
         **{key: comp.get(key) for key in SUMMARY_KEYS},
         "metrics": dict(comp.get("metrics") or {}),
+        # the base model as this trial measured it (same half, same settings): the plot's reference point
+        "base": {**{key: base.get(key) for key in SUMMARY_KEYS}, "metrics": dict(base.get("metrics") or {})},
         "objective": {name: _lookup(comp, name) for name in objectives},
         "passed": not failures,
         "failures": failures,

@@ -315,3 +315,38 @@ def test_a_license_that_cannot_be_read_is_logged(tmp_path: Path, caplog: pytest.
     assert any(level == "WARNING" and str(tmp_path / "README.md") in m and "UnicodeDecodeError" in m
                for level, m in messages), messages
     assert any(level == "INFO" and "license is unknown" in m for level, m in messages), messages
+
+
+def test_the_search_panel_draws_every_trial_and_the_base_model() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hfcompress.card.search import draw_search, has_search_plot
+
+    def trial(number: int, level: str, latency: float, accuracy: float, passed: bool) -> dict[str, Any]:
+        return {"number": number, "level": level, "latency_ms": latency, "passed": passed,
+                "metrics": {"probe_accuracy": accuracy}, "objective": {"latency_ms": latency},
+                "base": {"latency_ms": 100.0, "metrics": {"probe_accuracy": 0.78}}}
+
+    search = {"objective": ["latency_ms"], "quality_metric": "probe_accuracy", "chosen": 2, "frontier": [2],
+              "trials": [trial(0, "screening", 20.0, 0.70, False), trial(1, "full", 30.0, 0.70, False),
+                         trial(2, "full", 40.0, 0.779, True)]}
+    fig, ax = plt.subplots()
+    draw_search(ax, search, metric_declarations())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["passed", "did not pass", "stopped at screening", "base model", "chosen"]
+    base_marker = ax.collections[labels.index("base model")]
+    assert base_marker.get_offsets().tolist() == [[100.0, 0.78]]  # as the trials measured it
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "2"]
+    plt.close(fig)
+    # only screened trials (every candidate stopped early) still get a panel; old records without
+    # `base` fall back to the final evaluation's base block, labelled as such
+    screened = {**search, "chosen": None, "closest": 0, "frontier": [],
+                "trials": [{k: v for k, v in trial(0, "screening", 20.0, 0.7, False).items() if k != "base"}]}
+    assert has_search_plot(screened)
+    fig, ax = plt.subplots()
+    draw_search(ax, screened, metric_declarations(), {"latency_ms": 90.0, "metrics": {"probe_accuracy": 0.8}})
+    assert "base model (final half)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
