@@ -284,6 +284,9 @@ def resolve_knobs(recipe: Recipe) -> list[Knob]:
         config_cls = registry.technique(step.technique).Config
         label = f"steps[{index}] ({step.technique})"
         if field == TOGGLE and field not in config_cls.model_fields:
+            if (index, field) in targets:
+                raise BadInputError(f"{where}: switches the same step as search.knobs.{targets[index, field]}; keep one")
+            targets[index, field] = name
             knobs.append(_toggle_knob(recipe, name, index, spec, where))
             continue
         if "." in field:

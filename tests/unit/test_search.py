@@ -186,6 +186,8 @@ def test_search_section_parses_resolves_and_round_trips(tiny: Path, data_file: s
     ({}, ["search.knobs: give at least one knob"]),
     ({"knob.enabled": [1, 0]}, ["search.knobs.knob.enabled", "switches steps[0] (knob) on or off", "[true, false]"]),
     ({"knob.enabled": {"low": 0, "high": 1}}, ["search.knobs.knob.enabled", "a list of booleans"]),
+    ({"knob.enabled": [True, False], "steps[0].enabled": [False]},
+     ["search.knobs.steps[0].enabled", "switches the same step as search.knobs.knob.enabled"]),
 ])
 def test_bad_knobs_name_the_step_and_the_field(tiny: Path, data_file: str, knobs: dict[str, Any],
                                                needles: list[str]) -> None:
