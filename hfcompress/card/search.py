@@ -81,21 +81,20 @@ def search_lines(search: Mapping[str, Any] | None, metrics: Mapping[str, Metric]
     lines += ["", "◆ on the frontier (no other full-level trial is better on every axis). Every trial, with its "
               "overrides, metrics and reasons, is in `results.json` under `search`.", ""]
     if plot is not None and has_search_plot(search):
-        lines += [f"The right-hand panel of `{plot.name}` above plots every trial: quality against "
-                  f"`{objectives[0]}` (trials that stopped at screening hollow: shorter training, fewer samples), "
-                  "the frontier joined, the chosen candidate circled, the base model as a star.", ""]
+        lines += [f"The right-hand panel of `{plot.name}` above plots every full-level trial: quality against "
+                  f"`{objectives[0]}`, the frontier joined, the chosen candidate circled, the base model as a star.", ""]
     return lines
 
 
-def _points(search: Mapping[str, Any] | None, level: str = "full") -> list[tuple[dict[str, Any], float, float]]:
-    """(trial, first objective, quality) for every trial that ended at ``level`` and has both numbers."""
+def _points(search: Mapping[str, Any] | None) -> list[tuple[dict[str, Any], float, float]]:
+    """(trial, first objective, quality) for every full-level trial that has both numbers."""
     if not search or not search.get("quality_metric") or not search.get("objective"):
         return []
     quality, objective = search["quality_metric"], search["objective"][0]
     out = []
     for r in search.get("trials") or []:
         x, y = _value(r, objective), _value(r, quality)
-        if r.get("level") == level and isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        if r.get("level") == "full" and isinstance(x, (int, float)) and isinstance(y, (int, float)):
             out.append((r, float(x), float(y)))
     return out
 
@@ -115,25 +114,22 @@ def _base_point(search: Mapping[str, Any], base: Mapping[str, Any] | None) -> tu
 
 
 def has_search_plot(search: Mapping[str, Any] | None) -> bool:
-    return bool(_points(search) or _points(search, "screening"))
+    return bool(_points(search))
 
 
 def draw_search(ax: Any, search: Mapping[str, Any], metrics: Mapping[str, Metric],
                 base: Mapping[str, Any] | None = None) -> None:
-    """Quality vs the first objective for every trial (full level filled, screening-only hollow),
-    the frontier joined, the chosen one circled and the base model drawn: the right-hand panel of
-    ``evaluation.png`` (so no extra file counts as part of the model)."""
+    """Quality vs the first objective for every full-level trial, the frontier joined, the chosen one
+    circled and the base model drawn: the right-hand panel of ``evaluation.png`` (so no extra file
+    counts as part of the model). Screening-level numbers are left out: they come from fewer
+    samples (a different base score) and shorter training, so they do not share these axes."""
     points = _points(search)
     passed = [(x, y) for r, x, y in points if r.get("passed")]
     failed = [(x, y) for r, x, y in points if not r.get("passed")]
-    screened = _points(search, "screening")
     if passed:
         ax.scatter(*zip(*passed, strict=True), s=30, color="#1f77b4", label="passed", zorder=3)
     if failed:
         ax.scatter(*zip(*failed, strict=True), s=30, color="#bbbbbb", marker="x", label="did not pass", zorder=3)
-    if screened:  # short training, fewer samples: not comparable with the full level, shown for context
-        ax.scatter([x for _, x, _ in screened], [y for _, _, y in screened], s=30, facecolors="none",
-                   edgecolors="#bbbbbb", label="stopped at screening", zorder=2)
     reference = _base_point(search, base)
     if reference is not None:
         ax.scatter([reference[0]], [reference[1]], s=90, marker="*", color="#444444", label=reference[2], zorder=3)
@@ -146,10 +142,10 @@ def draw_search(ax: Any, search: Mapping[str, Any], metrics: Mapping[str, Metric
         x, y = by_number[pick]
         ax.scatter([x], [y], s=150, facecolors="none", edgecolors="#d62728", linewidths=2, zorder=4,
                    label="chosen" if search.get("chosen") is not None else "closest")
-    for r, x, y in points + screened:
+    for r, x, y in points:
         ax.annotate(str(r["number"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(_metric_label(search["objective"][0], metrics) + " (search trials)")
     ax.set_ylabel(_metric_label(search["quality_metric"], metrics))
-    ax.set_title("search: every trial (search half of held-out)", fontsize=8)
+    ax.set_title("search: full-level trials (search half of held-out)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

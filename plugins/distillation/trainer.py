@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -348,8 +349,11 @@ class DistillationTrainer:
 
         accelerator = self.accelerator
         self.prepared_module, self.prepared_optimizer = accelerator.prepare(self.module, self.optimizer)
+        # A caller that set the plugins' logger above INFO (a search running its trials quietly)
+        # silences the bar too; an unset level (a plain Python caller) keeps it.
+        shown = logging.getLogger(__name__.split(".")[0]).level <= logging.INFO
         self.progress = tqdm(total=self.total_steps, initial=self.start_step, desc="distillation",
-                             disable=not (self.config.progress_bar and accelerator.is_main_process))
+                             disable=not (self.config.progress_bar and accelerator.is_main_process and shown))
         self.first_loss = self.history[0][1] if self.history else None
         # Per-step losses not yet logged (kept in checkpoints so a resumed history matches exactly).
         self.window = [torch.tensor(v, device=self.device) for v in self.pending]

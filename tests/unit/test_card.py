@@ -317,7 +317,7 @@ def test_a_license_that_cannot_be_read_is_logged(tmp_path: Path, caplog: pytest.
     assert any(level == "INFO" and "license is unknown" in m for level, m in messages), messages
 
 
-def test_the_search_panel_draws_every_trial_and_the_base_model() -> None:
+def test_the_search_panel_draws_the_full_level_trials_and_the_base_model() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,17 +336,16 @@ def test_the_search_panel_draws_every_trial_and_the_base_model() -> None:
     fig, ax = plt.subplots()
     draw_search(ax, search, metric_declarations())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["passed", "did not pass", "stopped at screening", "base model", "chosen"]
+    assert labels == ["passed", "did not pass", "base model", "chosen"]
     base_marker = ax.collections[labels.index("base model")]
     assert base_marker.get_offsets().tolist() == [[100.0, 0.78]]  # as the trials measured it
-    assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "2"]
+    # screening numbers (fewer samples, shorter training) do not share the axes
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "2"]
     plt.close(fig)
-    # only screened trials (every candidate stopped early) still get a panel; old records without
-    # `base` fall back to the final evaluation's base block, labelled as such
-    screened = {**search, "chosen": None, "closest": 0, "frontier": [],
-                "trials": [{k: v for k, v in trial(0, "screening", 20.0, 0.7, False).items() if k != "base"}]}
-    assert has_search_plot(screened)
+    assert not has_search_plot({**search, "trials": search["trials"][:1]})
+    # records without `base` (older results.json) fall back to the final evaluation's base, labelled as such
+    old = {**search, "trials": [{k: v for k, v in t.items() if k != "base"} for t in search["trials"]]}
     fig, ax = plt.subplots()
-    draw_search(ax, screened, metric_declarations(), {"latency_ms": 90.0, "metrics": {"probe_accuracy": 0.8}})
+    draw_search(ax, old, metric_declarations(), {"latency_ms": 90.0, "metrics": {"probe_accuracy": 0.8}})
     assert "base model (final half)" in [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(fig)
