@@ -163,9 +163,10 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _search_knobs(self) -> Recipe:
         if self.search is not None:  # each knob names a step and a field of it, with valid values
-            from .recipe_search.config import resolve_knobs
+            from .recipe_search.config import resolve_knobs, resolve_requires
 
             resolve_knobs(self)
+            resolve_requires(self)
         return self
 
     # -- construction -------------------------------------------------------------------------

@@ -108,6 +108,10 @@ class SearchConfig(BaseModel):
     max_trials: int | None = Field(None, gt=0)
     max_minutes: float | None = Field(None, gt=0)
     screening: Screening = Field(default_factory=lambda: Screening())
+    requires: dict[str, str | list[str]] = Field(default_factory=dict)
+    """``STEP: OTHER`` (or a list): STEP runs only in trials where OTHER runs, so a switched-off
+    OTHER (``OTHER.enabled: false``) switches STEP off too. For example ``{distillation:
+    head-pruning}``: distilling a model that nothing made smaller is a copy learning from itself."""
 
     @field_validator("knobs", mode="before")
     @classmethod
@@ -359,36 +363,81 @@ def check_formats(recipe: Recipe, index: int, field: str, value: Any, where: str
         fmt, producer = technique.output_format(config), f"steps[{i}] ({step.technique})"
 
 
-def effective_overrides(knobs: list[Knob], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` without the knobs of steps that a toggle switched off (they change nothing)."""
+Requires = dict[int, tuple[int, ...]]
+"""Step index -> the step indices it runs only with (the search's ``requires``, resolved)."""
+
+
+def resolve_requires(recipe: Recipe) -> Requires:
+    """The search's ``requires`` as step indices; a step the recipe does not run is an error."""
+    search = recipe.search
+    out: Requires = {}
+    for name, needed in (search.requires if search else {}).items():
+        where = f"search.requires.{name}"
+        index = _step_index(name, recipe, where)
+        others = [needed] if isinstance(needed, str) else list(needed)
+        indices = tuple(_step_index(other, recipe, where) for other in others)
+        if index in indices:
+            raise BadInputError(f"{where}: a step cannot require itself")
+        out[index] = indices
+    return out
+
+
+def _step_index(name: str, recipe: Recipe, where: str) -> int:
+    indexed = re.match(r"^steps\[(\d+)\]$", name)
+    if indexed and int(indexed.group(1)) < len(recipe.steps):
+        return int(indexed.group(1))
+    found = [i for i, s in enumerate(recipe.steps) if s.technique == name]
+    if len(found) == 1:
+        return found[0]
+    problem = f"the recipe has {len(found)} {name!r} steps; name one as steps[i]" if found else \
+        f"the recipe has no step {name!r}"
+    raise BadInputError(f"{where}: {problem}; its steps: {_steps_listing(recipe)}")
+
+
+def steps_off(knobs: list[Knob], overrides: dict[str, Any], requires: Requires | None = None) -> set[int]:
+    """The step indices a trial does not run: switched off by a toggle, or requiring one that is off."""
     off = {k.index for k in knobs if k.toggle and overrides.get(k.name) is False}
-    by_name = {k.name: k for k in knobs}
-    return {name: value for name, value in overrides.items()
-            if name not in by_name or by_name[name].toggle or by_name[name].index not in off}
+    changed = True
+    while changed:  # a chain (a needs b, b needs c) settles in a few rounds
+        more = {i for i, needed in (requires or {}).items() if i not in off and off.intersection(needed)}
+        off |= more
+        changed = bool(more)
+    return off
 
 
-def distinct_candidates(knobs: list[Knob]) -> int | None:
-    """How many different candidates an all-lists space holds (None with a range)."""
-    if any(k.choices is None for k in knobs):
-        return None
-    points = itertools.product(*(k.choices or () for k in knobs))
-    return len({json.dumps(effective_overrides(knobs, {k.name: v for k, v in zip(knobs, point, strict=True)}),
-                           sort_keys=True) for point in points})
-
-
-def apply_overrides(recipe_dict: dict[str, Any], knobs: list[Knob], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``recipe.to_dict()`` with each knob's value written into its step's config and
-    the steps a toggle switched off removed."""
-    out = copy.deepcopy(recipe_dict)
-    off: set[int] = set()
+def effective_overrides(knobs: list[Knob], overrides: dict[str, Any], requires: Requires | None = None) -> dict[str, Any]:
+    """``overrides`` as they act: the knobs of steps that are off dropped (they change nothing),
+    and a step switched off by ``requires`` shown as its toggle set to false."""
+    off = steps_off(knobs, overrides, requires)
+    out = {}
     for knob in knobs:
         if knob.name not in overrides:
             continue
         if knob.toggle:
-            if overrides[knob.name] is False:
-                off.add(knob.index)
-            continue
-        out["steps"][knob.index][knob.technique][knob.field] = overrides[knob.name]
+            out[knob.name] = False if knob.index in off else overrides[knob.name]
+        elif knob.index not in off:
+            out[knob.name] = overrides[knob.name]
+    return out
+
+
+def distinct_candidates(knobs: list[Knob], requires: Requires | None = None) -> int | None:
+    """How many different candidates an all-lists space holds (None with a range)."""
+    if any(k.choices is None for k in knobs):
+        return None
+    points = itertools.product(*(k.choices or () for k in knobs))
+    return len({json.dumps(effective_overrides(knobs, dict(zip([k.name for k in knobs], point, strict=True)), requires),
+                           sort_keys=True) for point in points})
+
+
+def apply_overrides(recipe_dict: dict[str, Any], knobs: list[Knob], overrides: dict[str, Any],
+                    requires: Requires | None = None) -> dict[str, Any]:
+    """A copy of ``recipe.to_dict()`` with each knob's value written into its step's config and
+    the steps that are off (:func:`steps_off`) removed."""
+    out = copy.deepcopy(recipe_dict)
+    off = steps_off(knobs, overrides, requires)
+    for knob in knobs:
+        if knob.name in overrides and not knob.toggle and knob.index not in off:
+            out["steps"][knob.index][knob.technique][knob.field] = overrides[knob.name]
     out["steps"] = [step for i, step in enumerate(out["steps"]) if i not in off]
     return out
 

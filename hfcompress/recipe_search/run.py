@@ -34,6 +34,7 @@ from .config import (
     distinct_candidates,
     effective_overrides,
     resolve_knobs,
+    resolve_requires,
     screened_steps,
 )
 from .split import select_eval_part
@@ -126,6 +127,7 @@ class Search:
         self.config: SearchConfig = recipe.search
         self.device = device
         self.knobs = resolve_knobs(recipe)
+        self.requires = resolve_requires(recipe)
         self.constraints = _merged_constraints(recipe)
         self.has_constraints = any(self.constraints.values())
         self.metrics = _check_metrics(recipe, self.constraints)
@@ -137,7 +139,7 @@ class Search:
         for key in ("search", "gate", "push", "provenance"):
             base.pop(key, None)
         self.base_dict = base
-        self.space_size = distinct_candidates(self.knobs)
+        self.space_size = distinct_candidates(self.knobs, self.requires)
         self.duplicates = 0
         self.exhausted = False
         self.started = time.monotonic()
@@ -197,7 +199,7 @@ class Search:
         from optuna.trial import TrialState
 
         for t in self._trials():
-            if t.number >= number or t.user_attrs.get("skipped") or effective_overrides(self.knobs, t.params) != params:
+            if t.number >= number or t.user_attrs.get("skipped") or effective_overrides(self.knobs, t.params, self.requires) != params:
                 continue
             if (t.state == TrialState.COMPLETE and "record" in t.user_attrs) or t.state == TrialState.RUNNING:
                 return int(t.number)
@@ -225,7 +227,7 @@ class Search:
 
         trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("interrupted", False)
-        overrides = effective_overrides(self.knobs, {k.name: k.suggest(trial) for k in self.knobs})
+        overrides = effective_overrides(self.knobs, {k.name: k.suggest(trial) for k in self.knobs}, self.requires)
         if self.config.max_trials and self._counted(below=trial.number) >= self.config.max_trials:
             trial.set_user_attr("skipped", "max_trials reached by other trials")
             self.study.stop()
@@ -256,7 +258,7 @@ class Search:
         return values[0] if len(values) == 1 else values
 
     def _trial_recipe(self, overrides: dict[str, Any], level: str) -> tuple[Recipe, bool]:
-        d = apply_overrides(self.base_dict, self.knobs, overrides)
+        d = apply_overrides(self.base_dict, self.knobs, overrides, self.requires)
         screening = self.config.screening
         steps, changed = screened_steps(d["steps"], screening)
         if level == "screening":

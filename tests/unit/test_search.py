@@ -197,6 +197,19 @@ def test_bad_knobs_name_the_step_and_the_field(tiny: Path, data_file: str, knobs
         assert needle in str(info.value), (needle, str(info.value))
 
 
+@pytest.mark.parametrize(("requires", "needles"), [
+    ({"knob": "knob"}, ["search.requires.knob", "cannot require itself"]),
+    ({"pruning": "knob"}, ["search.requires.pruning", "no step 'pruning'", "steps[0] knob"]),
+    ({"knob": ["steps[4]"]}, ["search.requires.knob", "no step 'steps[4]'"]),
+])
+def test_bad_requires_name_the_step(tiny: Path, data_file: str, requires: dict[str, Any], needles: list[str]) -> None:
+    with pytest.raises(BadInputError) as info:
+        Recipe.from_dict(recipe(tiny, data_file, {"knobs": {"knob.enabled": [True, False]}, "requires": requires,
+                                                  "objective": "knob_cost", "max_trials": 2}))
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
 def test_bad_search_sections_exit_2_before_any_work(tiny: Path, data_file: str, tmp_path: Path) -> None:
     from hfcompress.cli import main
 
@@ -309,6 +322,26 @@ def test_an_enabled_knob_switches_a_step_off_and_its_other_knobs_stop_counting(
     assert [s.technique for s in final.steps] == ["knob"] and final.steps[0].config.model_dump()["cost"] == 2
     assert result.results["compressed"]["metrics"]["knob_cost"] == 2
     assert sorted(c["quality"] for c in computed(tmp_path)) == [0.5, 0.6, 0.95]  # the first step once: cached
+
+
+def test_requires_switches_a_step_off_with_the_step_it_needs(tiny: Path, data_file: str, tmp_path: Path) -> None:
+    from hfcompress import search
+
+    r = recipe(tiny, data_file, {"knobs": {"steps[0].enabled": [True, False], "steps[1].enabled": [True, False]},
+                                 "requires": {"steps[1]": "steps[0]"}, "objective": "knob_cost", "max_trials": 4,
+                                 "screening": False})
+    r["steps"] = [{"knob": {"cost": 2, "quality": 0.95}}, {"knob": {"cost": 1, "quality": 0.5}}]
+    result = search(recipe=r, output_dir=tmp_path / "out")
+    block = result.results["search"]
+    # four grid points, three candidates: without steps[0], steps[1] does not run either
+    assert sorted(json.dumps(t["overrides"], sort_keys=True) for t in block["trials"]) == sorted(
+        json.dumps(o, sort_keys=True) for o in ({"steps[0].enabled": True, "steps[1].enabled": True},
+                                                {"steps[0].enabled": True, "steps[1].enabled": False},
+                                                {"steps[0].enabled": False, "steps[1].enabled": False}))
+    assert len(block["skipped"]) == 1
+    ran = {json.dumps(t["overrides"], sort_keys=True): t["metrics"]["knob_cost"] for t in block["trials"]}
+    assert ran[json.dumps({"steps[0].enabled": False, "steps[1].enabled": False}, sort_keys=True)] == 10.0  # no step ran
+    assert sorted(c["cost"] for c in computed(tmp_path)) == [1, 2]  # each step computed once (cache)
 
 
 def test_screening_promotes_only_candidates_that_could_still_pass(tiny: Path, data_file: str, tmp_path: Path) -> None:
