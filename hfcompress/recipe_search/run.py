@@ -199,7 +199,9 @@ class Search:
         from optuna.trial import TrialState
 
         for t in self._trials():
-            if t.number >= number or t.user_attrs.get("skipped") or effective_overrides(self.knobs, t.params, self.requires) != params:
+            if t.number >= number or t.user_attrs.get("skipped"):
+                continue
+            if effective_overrides(self.knobs, t.params, self.requires) != params:  # the same candidate, as it acts
                 continue
             if (t.state == TrialState.COMPLETE and "record" in t.user_attrs) or t.state == TrialState.RUNNING:
                 return int(t.number)
