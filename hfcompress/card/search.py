@@ -107,9 +107,7 @@ def _base_point(search: Mapping[str, Any], base: Mapping[str, Any] | None) -> tu
     block, label = (measured[-1], "base model") if measured else (base, "base model (final half)")
     if not block:
         return None
-    x = block.get(objective) if objective in ("latency_ms", "size_bytes", "num_parameters") else \
-        (block.get("metrics") or {}).get(objective)
-    y = (block.get("metrics") or {}).get(quality)
+    x, y = _value(block, objective), _value(block, quality)
     return (float(x), float(y), label) if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None
 
 

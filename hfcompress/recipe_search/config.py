@@ -247,6 +247,11 @@ def _locate(name: str, recipe: Recipe) -> tuple[int, str]:
             f"{where}: a knob is STEP.FIELD, a step of the recipe and a field of its config (for example "
             f"head-pruning.ratio); the recipe's steps: {_steps_listing(recipe)}"
         )
+    return _named_step(step, recipe, where, example_suffix=f".{field}"), field
+
+
+def _named_step(step: str, recipe: Recipe, where: str, example_suffix: str = "") -> int:
+    """The index of the one step that runs technique ``step``; errors list the recipe's steps."""
     found = [i for i, s in enumerate(recipe.steps) if s.technique == step]
     if not found:
         names = [s.technique for s in recipe.steps]
@@ -254,14 +259,15 @@ def _locate(name: str, recipe: Recipe) -> tuple[int, str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise BadInputError(
             f"{where}: the recipe has no step {step!r}{hint}; its steps: {_steps_listing(recipe)}. "
-            "A knob can only change a step the recipe runs: add the step to `steps`, or fix the name."
+            "The search can only refer to a step the recipe runs: add the step to `steps`, or fix the name."
         )
     if len(found) > 1:
         listing = ", ".join(f"steps[{i}]" for i in found)
         raise BadInputError(
-            f"{where}: the recipe has {len(found)} {step!r} steps ({listing}); name one, e.g. steps[{found[-1]}].{field}"
+            f"{where}: the recipe has {len(found)} {step!r} steps ({listing}); name one, e.g. "
+            f"steps[{found[-1]}]{example_suffix}"
         )
-    return found[0], field
+    return found[0]
 
 
 def resolve_knobs(recipe: Recipe) -> list[Knob]:
@@ -386,12 +392,7 @@ def _step_index(name: str, recipe: Recipe, where: str) -> int:
     indexed = re.match(r"^steps\[(\d+)\]$", name)
     if indexed and int(indexed.group(1)) < len(recipe.steps):
         return int(indexed.group(1))
-    found = [i for i, s in enumerate(recipe.steps) if s.technique == name]
-    if len(found) == 1:
-        return found[0]
-    problem = f"the recipe has {len(found)} {name!r} steps; name one as steps[i]" if found else \
-        f"the recipe has no step {name!r}"
-    raise BadInputError(f"{where}: {problem}; its steps: {_steps_listing(recipe)}")
+    return _named_step(name, recipe, where)
 
 
 def steps_off(knobs: list[Knob], overrides: dict[str, Any], requires: Requires | None = None) -> set[int]:
