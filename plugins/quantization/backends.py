@@ -72,6 +72,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                                          "int4_ratio": 0.3},
     "onnxruntime-genai:int8": {"backend": "onnxruntime-genai", "dtype": "int8"},
     "onnxruntime-genai:int8-group128": {"backend": "onnxruntime-genai", "dtype": "int8", "group_size": 128},
+    "onnxruntime-genai:int8-head128": {"backend": "onnxruntime-genai", "dtype": "int8", "lm_head_group_size": 128},
     "onnxruntime-genai:fp32": {"backend": "onnxruntime-genai", "dtype": "fp32"},
 }
 # fp16 matmuls on CPU are emulated (slow); ONNX Runtime int8 and quanto kernels target CPU/CUDA resp.
@@ -85,12 +86,14 @@ DEFAULT_CANDIDATES = {
 # on SmolLM2-135M, 1 thread (docs/techniques/quantization.md): int4 round-to-nearest 114 tokens/s
 # at +38% perplexity, int4 k-quant with int8 sensitive layers 102 at +11%, int8 88 at +0.2%,
 # fp32 with a KV cache 29 at +0%, PyTorch bf16 17 (fp32 15); int4 calibrated by NNCF (AWQ + scale
-# estimation) with 30% of the weights int4, the rest int8: 80 at +3.3%; int8 with one scale per 128
-# weights instead of 32: 84 at +1.3% (vs 77 at +0.2% in the same run). The int4 ones stay in the list
-# so the card shows where they land on each model.
+# estimation) with 30% of the weights int4, the rest int8: 80 at +3.3%. int8 with one scale per 128
+# weights for the LM head alone: 93 at +0.16% vs 79 for int8 in the same run (2026-12-02, Zen 4);
+# it replaced int8 with 128 everywhere (108 at +0.55%, but greedy agreement 0.18 instead of 0.47:
+# MatMulNBits rounds the activations in blocks of the weights' size; genai_blocks). The int4 ones
+# stay in the list so the card shows where they land on each model.
 DEFAULT_CANDIDATES_CAUSAL_LM = {
     "cpu": ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed", "onnxruntime-genai:int4-awq-mixed",
-            "onnxruntime-genai:int8", "onnxruntime-genai:int8-group128",
+            "onnxruntime-genai:int8", "onnxruntime-genai:int8-head128",
             "onnxruntime-genai:fp32", "torch:bf16"],
     "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
 }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfcompress.plugin import BadInputError, ModelState, ModelTarget
 
-from . import genai_runtime
+from . import genai_blocks, genai_runtime
 from .backends import TECHNIQUE, step_info
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +52,7 @@ def skip_reason(name: str, device: Any, state: ModelState) -> str | None:
 
 def builder_options(config: QuantizationConfig) -> dict[str, str]:
     """The model builder's ``--extra_options`` for this config (none for fp32: nothing to round)."""
-    if config.resolved_dtype() == "fp32" or config.algorithm == "awq":  # awq rounds the fp32 build itself
+    if config.resolved_dtype() == "fp32" or _rewrites_fp32(config):  # the fp32 build is rounded here
         return {}
     # rtn is the builder's own default; passing algo_config=rtn selects another code path that
     # rounded differently (measured on SmolLM2 int8: perplexity +0.2% vs +0.001% with the default)
@@ -64,14 +64,23 @@ def builder_options(config: QuantizationConfig) -> dict[str, str]:
     return options
 
 
+def _rewrites_fp32(config: QuantizationConfig) -> bool:
+    """awq (NNCF) and a separate LM-head block size round the builder's fp32 graph themselves."""
+    return config.algorithm == "awq" or config.lm_head_group_size not in (None, config.group_size)
+
+
 def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_dir: Path,
           copy_model: bool) -> tuple[ModelState, dict[str, Any]]:
     """The builder reads a saved copy of the model, so ``copy_model`` does not matter."""
-    calibrated = config.algorithm == "awq"
-    folder, details = genai_runtime.build(state.model, state.tokenizer, "fp32" if calibrated else config.resolved_dtype(),
+    rewrite = _rewrites_fp32(config)
+    folder, details = genai_runtime.build(state.model, state.tokenizer, "fp32" if rewrite else config.resolved_dtype(),
                                           work_dir, config.threads, builder_options(config))
-    if calibrated:
+    if config.algorithm == "awq":
         details.update(_calibrate(folder, state, config, texts))
+    elif rewrite:
+        assert config.lm_head_group_size is not None
+        details.update(genai_blocks.requantize(folder, config.group_size, config.lm_head_group_size))
+        details.update(dtype="int8", size_bytes=genai_runtime.onnx_size(folder))
     model = genai_runtime.GenaiModel(folder, state.model.config)
     return ModelState(model, state.tokenizer, state.task, format="onnx-genai", saver=save,
                       loader=TECHNIQUE, info=step_info(state, details)), details

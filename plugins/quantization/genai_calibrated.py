@@ -20,31 +20,10 @@ Example recipe step::
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-# MatMulNBits computing with int8 activations (VNNI), the builder's CPU default for int4 and int8.
-ACCURACY_LEVEL = 4
-
-
-def untie_transposed_weights(model: Any) -> int:
-    """Replace ``Transpose(initializer)`` by a transposed initializer; returns how many.
-
-    The builder reads a tied LM head as a Transpose of the embedding table; NNCF compresses only
-    matmuls whose weight is a constant and stops on that one ("There is no tensor with the name
-    /model/embed_tokens/Transpose/output_0")."""
-    from onnx import numpy_helper
-
-    inits = {init.name: init for init in model.graph.initializer}
-    count = 0
-    for node in list(model.graph.node):
-        if node.op_type == "Transpose" and node.input[0] in inits and not node.attribute:
-            weight = numpy_helper.to_array(inits[node.input[0]]).T.copy()
-            model.graph.initializer.append(numpy_helper.from_array(weight, node.output[0]))
-            model.graph.node.remove(node)
-            count += 1
-    return count
+from .genai_blocks import quantize_matmuls, save_graph, untie_transposed_weights
 
 
 def compress(folder: Path, feeds: list[dict[str, Any]], group_size: int, int4_ratio: float) -> dict[str, Any]:
@@ -54,10 +33,6 @@ def compress(folder: Path, feeds: list[dict[str, Any]], group_size: int, int4_ra
     Returns what to record in the step's changes."""
     import nncf
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
 
     onnx_file = Path(folder) / "model.onnx"
     model = onnx.load(str(onnx_file))
@@ -75,19 +50,11 @@ def compress(folder: Path, feeds: list[dict[str, Any]], group_size: int, int4_ra
     # DQMatMulToMatMulNBits rule, int8 activations: accuracy level 4 by default), so a bare session
     # and onnxruntime-genai run the same kernel as the builder's own int4.
     int4 = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
-    quantizer = MatMulNBitsQuantizer(model, algo_config=DefaultWeightOnlyQuantConfig(
-        block_size=group_size, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, bits=8))
-    quantizer.process()
-    model = quantizer.model.model
+    constants = {init.name for init in model.graph.initializer}
+    left = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+    model = quantize_matmuls(model, 8, dict.fromkeys(left, group_size))
     int8 = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
-    # Written beside the old files first: a failure leaves the folder as the builder wrote it.
-    tmp = Path(folder) / "calibrated.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
-    for name in ("model.onnx", "model.onnx.data"):
-        (tmp / name).replace(Path(folder) / name)
-    tmp.rmdir()
+    save_graph(folder, model)
     return {"weights": "int4 weight-only (MatMulNBits), calibrated: NNCF AWQ + scale estimation",
             "nncf": nncf.__version__, "int4_ratio": int4_ratio, "group_size": group_size,
             "calibration_texts": len(feeds), "matmuls_int4": int4, "matmuls_int8": int8,

@@ -102,6 +102,9 @@ def test_builder_options_follow_the_config() -> None:
     assert builder_options(awq) == {}  # the builder writes fp32; NNCF rounds it (genai_calibrated)
     group128 = auto.for_candidate("onnxruntime-genai:int8-group128")
     assert builder_options(group128) == {"block_size": "128"} and group128.resolved_dtype() == "int8"
+    head128 = auto.for_candidate("onnxruntime-genai:int8-head128")
+    assert (head128.lm_head_group_size, head128.group_size, head128.resolved_dtype()) == (128, 32, "int8")
+    assert builder_options(head128) == {}  # the builder writes fp32; genai_blocks rounds it
 
 
 def test_default_candidates_for_causal_lms_are_measured_generators() -> None:
@@ -110,7 +113,7 @@ def test_default_candidates_for_causal_lms_are_measured_generators() -> None:
     names = candidate_names(_config(backend="auto"), "cpu", "text-generation")
     assert names[:6] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed",
                          "onnxruntime-genai:int4-awq-mixed", "onnxruntime-genai:int8",
-                         "onnxruntime-genai:int8-group128", "onnxruntime-genai:fp32"]
+                         "onnxruntime-genai:int8-head128", "onnxruntime-genai:fp32"]
     assert not any(n.startswith("onnxruntime-genai") for n in candidate_names(_config(backend="auto"), "cpu"))
 
 

@@ -326,6 +326,44 @@ def test_awq_int4_is_calibrated_mixed_and_runs_with_the_runtime_alone(family: st
     assert torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0) > 0.9
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: tied LM head and soft-capped logits
+def test_int8_with_its_own_lm_head_block_size(family: str, tmp_path: Path) -> None:
+    """lm_head_group_size: the LM head's MatMulNBits alone gets the larger block; every other matmul
+    keeps group_size; the folder generates with bare onnxruntime-genai as hfcompress.load does, and
+    greedily like the PyTorch model."""
+    import onnx
+    import torch
+    from hfcompress_plugins.quantization import Quantization
+
+    import hfcompress
+
+    src = make_tiny_causal_lm(family, tmp_path / "src")
+    state = _load(src)
+    result = Quantization().apply(state, _config(backend="onnxruntime-genai", dtype="int8", group_size=16,
+                                                 lm_head_group_size=64), _ctx(tmp_path / "work"))
+    out = tmp_path / "out"
+    save_state(result.state, out)
+    assert (result.changes["dtype"], result.changes["lm_head_group_size"], result.changes["group_size"]) == ("int8", 64, 16)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    constants = {init.name for init in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and set(n.input) & constants]
+    blocks = {n.name: {a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"}
+    assert len(blocks) == result.changes["matmuls_int8"] and {a["bits"] for a in blocks.values()} == {8}
+    head = result.changes["lm_head"]
+    assert blocks[head]["block_size"] == 64 and blocks[head]["N"] == state.model.config.vocab_size
+    assert {a["block_size"] for name, a in blocks.items() if name != head} == {16}
+    ids = _prompt_ids(state.tokenizer, PROMPTS[1])
+    ours = hfcompress.load(out).generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    if family != "gemma2":  # BARE_SCRIPT sizes the KV buffer to the prompt + new tokens, below Gemma-2's window
+        proc = subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(out), json.dumps(ids[0].tolist()),
+                               str(NEW_TOKENS)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours[0].tolist()
+    with torch.no_grad():
+        expected = state.model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert _agreement(expected, ours, ids.shape[1]) >= MIN_INT8_AGREEMENT, (expected.tolist(), ours.tolist())
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_folder_generates_with_onnxruntime_genai_alone(family: str, built: Any) -> None:
     import hfcompress
@@ -428,6 +466,8 @@ def test_check_refuses_custom_modeling_code() -> None:
         ({"algorithm": "awq", "dtype": "int8"}, "awq calibrates int4 weights"),
         ({"algorithm": "awq", "dtype": "int4", "int8_layers": ["last_matmul"]}, "set int4_ratio instead"),
         ({"dtype": "int4", "int4_ratio": 0.5}, "int4_ratio is an algorithm awq option"),
+        ({"dtype": "int4", "lm_head_group_size": 128}, "lm_head_group_size is an int8 round-to-nearest option"),
+        ({"algorithm": "k_quant", "lm_head_group_size": 128}, "algorithm 'k_quant'"),
     ],
 )
 def test_bad_config_is_refused(step: dict[str, Any], expected: str) -> None:
