@@ -70,14 +70,27 @@ folder = {folder}
 tokenizer = AutoTokenizer.from_pretrained(folder)
 model = og.Model(folder)  # reads genai_config.json (threads, EOS, context length)
 input_ids = tokenizer("The weather today is", return_tensors="np")["input_ids"]
+length = input_ids.shape[1] + 32  # prompt + 32 new tokens{window_note}
 params = og.GeneratorParams(model)
-params.set_search_options(do_sample=False, max_length=input_ids.shape[1] + 32)
+params.set_search_options(do_sample=False, max_length={max_length})
 generator = og.Generator(model, params)
 generator.append_tokens(input_ids)
-while not generator.is_done():
+while not generator.is_done() and generator.token_count() < length:
     generator.generate_next_token()
 print(tokenizer.decode(generator.get_sequence(0)))
 """
+
+
+def usage(folder: Path, where: str) -> str:
+    """:data:`USAGE` for this folder; ``where`` is the expression that names the folder in the code.
+
+    ``max_length`` sizes the KV buffer, and a sliding-window layer (Gemma-2) refuses a buffer
+    smaller than its window, so for such models the snippet asks for at least the window."""
+    window = int(read_config(folder)["model"]["decoder"].get("sliding_window", {}).get("window_size") or 0)
+    if not window:
+        return USAGE.format(folder=where, max_length="length", window_note="")
+    note = f"; the KV buffer must hold the {window}-token sliding window"
+    return USAGE.format(folder=where, max_length=f"max(length, {window})", window_note=note)
 
 
 def unsupported_reason(config: Any) -> str | None:

@@ -379,14 +379,15 @@ def test_folder_generates_with_onnxruntime_genai_alone(family: str, built: Any) 
     assert bare == ours[0].tolist()
 
 
-def test_card_usage_snippet_runs_as_written(built: Any) -> None:
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: the KV buffer must hold its sliding window
+def test_card_usage_snippet_runs_as_written(family: str, built: Any) -> None:
     """The card shows the runtime's own API for this format (a bare ORT session lacks the KV-cache
     feeds), and the code it shows runs as written, without hfcompress."""
     import re
 
     from hfcompress.card import _snippet
 
-    b = built("llama", "int8")
+    b = built(family, "int8")
     card = "\n".join(_snippet(b.out, "text-generation", None, b.out.name))
     assert "og.Model(folder)" in card and "InferenceSession" not in card
     hub_card = "\n".join(_snippet(b.out, "text-generation", "alice/tiny-llama", b.out.name))
