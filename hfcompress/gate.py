@@ -41,6 +41,16 @@ def _available(block: dict[str, Any]) -> str:
     return ", ".join(names) or "none"
 
 
+def _resolution(name: str, drop: float, allowed: float, comp: dict[str, Any]) -> str:
+    """For an accuracy, the drop and the bound as counts of held-out samples: a bound of a few
+    samples is below what the data can resolve, and the message should say so."""
+    samples = _lookup(comp, "eval_samples")
+    if not name.endswith("accuracy") or not _number(samples) or samples <= 0:
+        return ""
+    return (f"; on {samples:.0f} held-out samples that is {drop * samples:.1f} more wrong answers "
+            f"against a bound of {allowed * samples:.1f}")
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -127,7 +137,7 @@ def check_gate(
             direction = "higher" if metric.higher_is_better else "lower"
             failures.append(
                 f"{name} dropped by {drop:.6g} (base {b:.6g} → compressed {c:.6g}; {direction} is better), "
-                f"more than gate.max_drop.{name} = {allowed:g}"
+                f"more than gate.max_drop.{name} = {allowed:g}" + _resolution(name, drop, allowed, comp)
             )
     for name, floor in (gate.get("min") or {}).items():
         c = _lookup(comp, name)

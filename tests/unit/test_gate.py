@@ -28,6 +28,19 @@ def test_max_drop_higher_is_better() -> None:
     failures = check_gate(_results(), {"max_drop": {"accuracy": 0.02}})
     assert len(failures) == 1
     assert "accuracy dropped by 0.03" in failures[0] and "0.02" in failures[0]
+    assert "held-out samples" not in failures[0]  # no sample count in the results: nothing to add
+
+
+def test_an_accuracy_drop_is_also_given_in_held_out_samples() -> None:
+    """A bound of a few samples cannot be resolved; the message shows the counts (512 x 0.005 = 2.6)."""
+    results = _results()
+    results["compressed"]["metrics"].update(probe_accuracy=0.828, eval_samples=512.0)
+    results["base"]["metrics"].update(probe_accuracy=0.838, eval_samples=512.0)
+    failures = check_gate(results, {"max_drop": {"probe_accuracy": 0.005}})
+    assert len(failures) == 1
+    assert "on 512 held-out samples that is 5.1 more wrong answers against a bound of 2.6" in failures[0]
+    failures = check_gate(results, {"max_drop": {"perplexity": 1.0}})
+    assert len(failures) == 1 and "held-out samples" not in failures[0]  # not an accuracy
 
 
 def test_max_drop_lower_is_better_counts_increases() -> None:

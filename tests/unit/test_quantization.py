@@ -159,6 +159,7 @@ def test_quanto_int8_saves_and_reloads_exactly(tiny_bert_dir: Path, tmp_path: Pa
     assert torch.equal(_outputs(reloaded), _outputs(new))
 
 
+@pytest.mark.slow  # ~40 s here, the slowest unit test; quanto int4 is no default candidate
 def test_quanto_int4_on_llama_excludes_lm_head(tiny_llama_dir: Path, tmp_path: Path) -> None:
     import torch
     from optimum.quanto.nn import QLinear
