@@ -102,9 +102,9 @@ class Quantization(Technique[QuantizationConfig]):
             return usage(path, str(info.get("task") or "feature-extraction"), where)
         if info.get("format") != "onnx-genai":
             return None
-        from .genai_runtime import usage
+        from . import genai_runtime
 
-        return usage(path, where)  # onnxruntime-genai alone: a bare session lacks the KV-cache feeds
+        return genai_runtime.usage(path, where)  # onnxruntime-genai alone: a bare session lacks the KV-cache feeds
 
     @classmethod
     def load_artifact(cls, path: Path, info: dict[str, Any]) -> ModelState:
