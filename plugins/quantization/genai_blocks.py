@@ -1,5 +1,6 @@
-"""int8 weights for an onnxruntime-genai folder with the LM head on its own block size: ONNX
-Runtime's ``MatMulNBitsQuantizer`` on the builder's fp32 graph, one pass per block size.
+"""Rewrites of an onnxruntime-genai build's fp32 graph: int8 weights with the LM head on its own
+block size (ONNX Runtime's ``MatMulNBitsQuantizer``, one pass per block size), and the graph
+helpers that ``genai_calibrated`` shares (untying the LM head, quantizing named matmuls, saving).
 
 Why: on CPU, MatMulNBits with ``accuracy_level`` 4 quantizes the *activations* to int8 with the
 weights' block size too, so larger blocks are faster but round the activations more coarsely.
