@@ -61,6 +61,12 @@ def lm_head_matmul(graph: Any) -> str:
     raise ValueError(f"no MatMul computes the graph's {LOGITS!r} output; this is not a model builder graph")
 
 
+def constant_matmuls(model: Any) -> list[str]:
+    """Names of the MatMuls whose weight is an initializer: those a weight-only quantizer rounds."""
+    constants = {init.name for init in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+
+
 def quantize_matmuls(model: Any, bits: int, block_sizes: dict[str, int]) -> Any:
     """The model with each named MatMul (its weight a constant) a MatMulNBits of its block size."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -103,8 +109,7 @@ def requantize(folder: Path, group_size: int, lm_head_group_size: int) -> dict[s
 
     model = onnx.load(str(Path(folder) / "model.onnx"))
     untied = untie_transposed_weights(model)  # a tied LM head is Transpose(embedding) in the build
-    constants = {init.name for init in model.graph.initializer}
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+    matmuls = constant_matmuls(model)
     head = lm_head_matmul(model.graph)
     model = quantize_matmuls(model, 8, {name: lm_head_group_size if name == head else group_size for name in matmuls})
     save_graph(folder, model)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .genai_blocks import quantize_matmuls, save_graph, untie_transposed_weights
+from .genai_blocks import constant_matmuls, quantize_matmuls, save_graph, untie_transposed_weights
 
 
 def compress(folder: Path, feeds: list[dict[str, Any]], group_size: int, int4_ratio: float) -> dict[str, Any]:
@@ -50,9 +50,7 @@ def compress(folder: Path, feeds: list[dict[str, Any]], group_size: int, int4_ra
     # DQMatMulToMatMulNBits rule, int8 activations: accuracy level 4 by default), so a bare session
     # and onnxruntime-genai run the same kernel as the builder's own int4.
     int4 = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
-    constants = {init.name for init in model.graph.initializer}
-    left = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
-    model = quantize_matmuls(model, 8, dict.fromkeys(left, group_size))
+    model = quantize_matmuls(model, 8, dict.fromkeys(constant_matmuls(model), group_size))
     int8 = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
     save_graph(folder, model)
     return {"weights": "int4 weight-only (MatMulNBits), calibrated: NNCF AWQ + scale estimation",

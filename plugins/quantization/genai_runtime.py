@@ -81,12 +81,17 @@ print(tokenizer.decode(generator.get_sequence(0)))
 """
 
 
+def window_size(decoder: dict[str, Any]) -> int:
+    """The sliding window of genai_config.json's ``decoder`` section (Gemma-2), 0 when there is none."""
+    return int(decoder.get("sliding_window", {}).get("window_size") or 0)
+
+
 def usage(folder: Path, where: str) -> str:
     """:data:`USAGE` for this folder; ``where`` is the expression that names the folder in the code.
 
     ``max_length`` sizes the KV buffer, and a sliding-window layer (Gemma-2) refuses a buffer
     smaller than its window, so for such models the snippet asks for at least the window."""
-    window = int(read_config(folder)["model"]["decoder"].get("sliding_window", {}).get("window_size") or 0)
+    window = window_size(read_config(folder)["model"]["decoder"])
     if not window:
         return USAGE.format(folder=where, max_length="length", window_note="")
     note = f"; the KV buffer must hold the {window}-token sliding window"
@@ -333,7 +338,7 @@ class GenaiModel:
         feed: dict[str, Any] = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         heads, size = self._kv
         sliding = self._sliding_inputs
-        window = int(self._decoder.get("sliding_window", {}).get("window_size") or 0)
+        window = window_size(self._decoder)
         for inp in self.session.get_inputs():
             if inp.name.startswith("past_key_values"):
                 dtype = np.float16 if "float16" in inp.type else np.float32
@@ -392,7 +397,7 @@ class GenaiModel:
                  else np.asarray(attention_mask)))
         genai = read_config(self.path)["model"]
         context = int(genai.get("context_length") or 0)
-        window = int(genai["decoder"].get("sliding_window", {}).get("window_size") or 0)
+        window = window_size(genai["decoder"])
         rows = []
         for i in range(ids.shape[0]):
             prompt = ids[i][mask[i].astype(bool)].astype(np.int32)
