@@ -3,8 +3,9 @@
     python -m benchmarks profile DIR [--threads 1] [--shape b8xs128] [--runs 5]
 
 DIR is an hfcompress output folder (or any model folder). ONNX models are profiled with ONNX
-Runtime's own profiler (``SessionOptions.enable_profiling``: per-node kernel times), PyTorch
-models with ``torch.profiler`` (self CPU time per aten op). The report lists the top operators,
+Runtime's own profiler (``SessionOptions.enable_profiling``: per-node kernel times), OpenVINO IRs
+with the CPU plugin's performance counters (``PERF_COUNT``: per executed node, after fusion),
+PyTorch models with ``torch.profiler`` (self CPU time per aten op). The report lists the top operators,
 the share of time spent in matmul kernels, and how far the matmul work runs from the GEMM peak
 measured in the same process.
 """
@@ -29,7 +30,9 @@ __all__ = ["profile_folder", "summarize_onnx_profile"]
 MATMUL_OPS = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "Gemm", "FusedMatMul", "MatMulIntegerToFloat",
               "QLinearMatMul", "MatMulNBits", "Attention", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul",
               "aten::linear", "quantized::linear_dynamic", "aten::_scaled_dot_product_flash_attention_for_cpu",
-              "aten::baddbmm", "aten::_int_mm", "aten::_weight_int8pack_mm"}
+              "aten::baddbmm", "aten::_int_mm", "aten::_weight_int8pack_mm",
+              # OpenVINO CPU plugin node types (after its fusions; int8 and weight-compressed FCs)
+              "FullyConnected", "FullyConnectedQuantizedLegacy", "FullyConnectedCompressed"}
 
 
 def summarize_onnx_profile(events: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
@@ -41,6 +44,11 @@ def summarize_onnx_profile(events: list[dict[str, Any]], runs: int) -> list[dict
         op = (ev.get("args") or {}).get("op_name", "?")
         per_op[op][0] += 1
         per_op[op][1] += ev.get("dur", 0) / 1000.0
+    return _per_run_rows(per_op, runs)
+
+
+def _per_run_rows(per_op: dict[str, list[float]], runs: int) -> list[dict[str, Any]]:
+    """``{op: [calls, ms]}`` summed over ``runs`` -> rows per run, slowest first."""
     return sorted(({"op": op, "calls": int(c / runs), "ms": round(ms / runs, 3)} for op, (c, ms) in per_op.items()),
                   key=lambda r: -r["ms"])
 
@@ -73,6 +81,46 @@ def _profile_onnx(path: Path, batch: dict[str, Any], threads: int, runs: int, wo
     rows = summarize_onnx_profile(kept, runs)
     rows.insert(0, {"op": "(wall time per run)", "calls": 1, "ms": round(wall_ms, 3)})
     return rows
+
+
+def _profile_openvino(path: Path, batch: dict[str, Any], threads: int, runs: int,
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per node type (with the kernel it ran, e.g. ``FullyConnected [brgemm_avx512_I8]``): calls
+    and ms per run from the CPU plugin's counters; plus the fully connected layers' own work and
+    time, so their kernels can be set against the GEMM peak apart from everything around them."""
+    import numpy as np
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    feed = {k: v.numpy().astype(np.int64) for k, v in batch.items() if k in names}
+    request = compiled.create_infer_request()
+    for _ in range(2):
+        request.infer(feed)
+    per_op: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    fc_ms = 0.0
+    t_mark = time.perf_counter()
+    for _ in range(runs):
+        request.infer(feed)
+        for node in request.profiling_info:
+            if node.status != node.Status.EXECUTED:
+                continue
+            ms = node.real_time.total_seconds() * 1000
+            per_op[f"{node.node_type} [{node.exec_type}]"][0] += 1
+            per_op[f"{node.node_type} [{node.exec_type}]"][1] += ms
+            fc_ms += ms if node.node_type.startswith("FullyConnected") else 0.0
+    wall_ms = (time.perf_counter() - t_mark) * 1000 / runs
+    rows = _per_run_rows(per_op, runs)
+    rows.insert(0, {"op": "(wall time per run, counters on)", "calls": 1, "ms": round(wall_ms, 3)})
+    fc_flops = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if str(op.get_rt_info()["layerType"].astype(str)).startswith("FullyConnected"):
+            out = [int(d) for d in op.get_output_shape(0)]  # [..., N]; weights [N, K]
+            k = int(op.input(1).get_shape()[-1])
+            fc_flops += 2 * int(np.prod(out)) * k
+    fc = {"fc_flops_per_batch": fc_flops, "fc_ms": round(fc_ms / runs, 3),
+          "fc_gflops": round(fc_flops / (fc_ms / runs / 1000) / 1e9, 2) if fc_ms else None}
+    return rows, fc
 
 
 def _profile_torch(model: Any, batch: dict[str, Any], runs: int) -> list[dict[str, Any]]:
@@ -118,7 +166,11 @@ def profile_folder(folder: Path, threads: int = 1, shape: str = "b8xs128", runs:
     work = folder.parent / f".profile-{folder.name}"
     work.mkdir(exist_ok=True)
     onnx_path = getattr(state.model, "path", None)
-    if onnx_path is not None and str(onnx_path).endswith(".onnx"):
+    fc: dict[str, Any] = {}
+    if onnx_path is not None and str(onnx_path).endswith(".xml"):
+        rows, fc = _profile_openvino(Path(onnx_path), batch, threads, runs)
+        profiler = "openvino (PERF_COUNT)"
+    elif onnx_path is not None and str(onnx_path).endswith(".onnx"):
         # the session settings the folder records (what hfcompress.load uses)
         disabled = getattr(state.model, "disabled_optimizers", None)
         rows, profiler = _profile_onnx(Path(onnx_path), batch, threads, runs, work, disabled), "onnxruntime"
@@ -130,7 +182,7 @@ def profile_folder(folder: Path, threads: int = 1, shape: str = "b8xs128", runs:
     op_rows = rows[1:]
     total_ops = sum(r["ms"] for r in op_rows) or wall
     matmul_ms = sum(r["ms"] for r in op_rows if r["op"] in MATMUL_OPS or "matmul" in r["op"].lower()
-                    or "linear" in r["op"].lower())
+                    or r["op"].split(" [")[0] in MATMUL_OPS or "linear" in r["op"].lower())
     peak = gemm_peak(threads)
     dtype = built.compute_dtype
     out = {
@@ -140,10 +192,13 @@ def profile_folder(folder: Path, threads: int = 1, shape: str = "b8xs128", runs:
         "gemm_peak_gflops": peak, "achieved_gflops": round(flops / (wall / 1000) / 1e9, 2),
         "matmul_gflops": round(flops / (matmul_ms / 1000) / 1e9, 2) if matmul_ms else None,
         "top_ops": [dict(r, share=round(r["ms"] / total_ops, 4)) for r in op_rows[:20]],
+        **fc,
     }
     if dtype in peak:
         out["fraction_of_peak"] = round(out["achieved_gflops"] / peak[dtype], 4)
         out["time_at_peak_ms"] = round(flops / (peak[dtype] * 1e9) * 1000, 3)
+        if fc.get("fc_gflops"):
+            out["fc_fraction_of_peak"] = round(fc["fc_gflops"] / peak[dtype], 4)
     return out
 
 
@@ -160,6 +215,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['matmul_ms']:.1f} ms ({(report['matmul_share'] or 0) * 100:.0f}% of op time), "
         f"{report['matmul_gflops'] or 0:.1f} GFLOP/s inside them.",
         "",
+    ]
+    if report.get("fc_gflops"):
+        lines += [
+            f"Fully connected layers alone: {report['fc_flops_per_batch'] / 1e9:.2f} GFLOP in {report['fc_ms']:.1f} ms "
+            f"= {report['fc_gflops']:.0f} GFLOP/s, {report.get('fc_fraction_of_peak', float('nan')) * 100:.0f}% of "
+            f"the {report['compute_dtype']} GEMM peak; the rest of the op time is attention, normalisation, "
+            "element-wise ops and layout changes (table).",
+            "",
+        ]
+    lines += [
         "| op | calls/run | ms/run | share |",
         "|---|---|---|---|",
     ]

@@ -270,3 +270,27 @@ def test_round_robin_times_every_variant_in_each_round_and_isolates_failures(tmp
         assert records[name]["error"] is None
         assert set(records[name]["latency_ms"]["1"]) == {"b8xs128", "b1xs32"}
         assert records[name]["gemm_peak_at_timing"]["1"]["fp32"] > 0
+
+
+def test_profile_of_an_openvino_int8_folder_times_its_fully_connected_layers(tmp_path: Path) -> None:
+    """`python -m benchmarks profile` on an OpenVINO int8 output: per-node counters, FC work and time."""
+    pytest.importorskip("nncf")
+    from test_quantization import _config, _ctx, _load, _technique
+
+    from benchmarks.profiling import markdown, profile_folder
+    from hfcompress.artifact import save_state
+    from hfcompress.testing.models import make_tiny_bert
+
+    state = _load(make_tiny_bert(tmp_path / "tiny-bert"), "feature-extraction")
+    result = _technique().apply(state, _config(backend="openvino", dtype="int8"), _ctx(tmp_path))
+    out = tmp_path / "out"
+    save_state(result.state, out)
+    report = profile_folder(out, threads=1, shape="b1xs32", runs=2)
+    assert report["profiler"].startswith("openvino")
+    ops = {r["op"].split(" [")[0] for r in report["top_ops"]}
+    assert "FullyConnected" in ops or "FullyConnectedQuantizedLegacy" in ops
+    # tiny BERT, 32 tokens: 2 layers x (4 attention projections 32x32 + FFN 32x64 and 64x32), 2 ops per MAC
+    assert report["fc_flops_per_batch"] == 2 * 2 * 32 * (4 * 32 * 32 + 2 * 32 * 64)
+    assert report["fc_ms"] > 0 and report["fc_gflops"] > 0
+    assert 0 < report["matmul_ms"] <= report["op_time_ms"]
+    assert "Fully connected layers alone" in markdown(report)
