@@ -98,19 +98,17 @@ def _profile_openvino(path: Path, batch: dict[str, Any], threads: int, runs: int
     for _ in range(2):
         request.infer(feed)
     per_op: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    fc_ms = 0.0
     t_mark = time.perf_counter()
     for _ in range(runs):
         request.infer(feed)
         for node in request.profiling_info:
-            if node.status != node.Status.EXECUTED:
-                continue
-            ms = node.real_time.total_seconds() * 1000
-            per_op[f"{node.node_type} [{node.exec_type}]"][0] += 1
-            per_op[f"{node.node_type} [{node.exec_type}]"][1] += ms
-            fc_ms += ms if node.node_type.startswith("FullyConnected") else 0.0
+            if node.status == node.Status.EXECUTED:
+                counts = per_op[f"{node.node_type} [{node.exec_type}]"]
+                counts[0] += 1
+                counts[1] += node.real_time.total_seconds() * 1000
     wall_ms = (time.perf_counter() - t_mark) * 1000 / runs
     rows = _per_run_rows(per_op, runs)
+    fc_ms = sum(r["ms"] for r in rows if r["op"].startswith("FullyConnected"))
     rows.insert(0, {"op": "(wall time per run, counters on)", "calls": 1, "ms": round(wall_ms, 3)})
     fc_flops = 0
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -118,8 +116,8 @@ def _profile_openvino(path: Path, batch: dict[str, Any], threads: int, runs: int
             out = [int(d) for d in op.get_output_shape(0)]  # [..., N]; weights [N, K]
             k = int(op.input(1).get_shape()[-1])
             fc_flops += 2 * int(np.prod(out)) * k
-    fc = {"fc_flops_per_batch": fc_flops, "fc_ms": round(fc_ms / runs, 3),
-          "fc_gflops": round(fc_flops / (fc_ms / runs / 1000) / 1e9, 2) if fc_ms else None}
+    fc = {"fc_flops_per_batch": fc_flops, "fc_ms": round(fc_ms, 3),
+          "fc_gflops": round(fc_flops / (fc_ms / 1000) / 1e9, 2) if fc_ms else None}
     return rows, fc
 
 
@@ -181,8 +179,9 @@ def profile_folder(folder: Path, threads: int = 1, shape: str = "b8xs128", runs:
     wall = rows[0]["ms"]
     op_rows = rows[1:]
     total_ops = sum(r["ms"] for r in op_rows) or wall
-    matmul_ms = sum(r["ms"] for r in op_rows if r["op"] in MATMUL_OPS or "matmul" in r["op"].lower()
-                    or r["op"].split(" [")[0] in MATMUL_OPS or "linear" in r["op"].lower())
+    # OpenVINO rows read "FullyConnected [brgemm_avx512_I8]": the node type is before the bracket
+    matmul_ms = sum(r["ms"] for r in op_rows if r["op"].split(" [")[0] in MATMUL_OPS or "matmul" in r["op"].lower()
+                    or "linear" in r["op"].lower())
     peak = gemm_peak(threads)
     dtype = built.compute_dtype
     out = {
