@@ -23,6 +23,23 @@ if TYPE_CHECKING:  # pragma: no cover
 LOCAL_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
+class ExtraTrainSource(BaseModel):
+    """One extra training source (``data.extra_train``). A plain string is shorthand for ``{source: SPEC}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    text_column: str = "text"
+    split: str = "train"
+    max_samples: int | None = Field(None, gt=0)
+    """Take at most this many of its texts (the first ones, after dropping evaluation texts)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+
 class DataConfig(BaseModel):
     """The recipe's ``data`` section. A plain string is shorthand for ``{source: SPEC}``."""
 
@@ -41,6 +58,11 @@ class DataConfig(BaseModel):
     eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
+    extra_train: list[ExtraTrainSource] = Field(default_factory=list)
+    """More training text from other sources (e.g. every ``vader:*`` set, or the user's own text),
+    appended to the training split after it is cut. Text only: with extra sources the training
+    split carries no labels (distillation learns from the teacher's outputs alone), and any text
+    that is in the evaluation split is dropped, so evaluation still never sees a training text."""
 
     @model_validator(mode="before")
     @classmethod
@@ -63,6 +85,8 @@ class DataSplits:
     fingerprint: str
     label_names: list[str] | None = None
     """Class names, when the data labels classes by name (``yes``/``no``): id i is ``label_names[i]``."""
+    train_sources: dict[str, int] | None = None
+    """Training texts per source when ``extra_train`` mixes sources (the recipe's own part first)."""
 
     @property
     def has_labels(self) -> bool:
@@ -207,6 +231,9 @@ def load_data(cfg: DataConfig) -> DataSplits:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples:
         evl = evl.select(range(min(cfg.max_eval_samples, len(evl))))
+    train_sources = None
+    if cfg.extra_train and len(train) and len(evl):
+        train, train_sources = _add_extra_train(train, evl, cfg)
     if len(train) == 0 or len(evl) == 0:
         raise BadInputError(
             f"data: the split left {len(train)} training and {len(evl)} evaluation samples (non-empty texts); "
@@ -220,7 +247,37 @@ def load_data(cfg: DataConfig) -> DataSplits:
             digest.update(repr(list(part["label"])).encode())
     if label_names:
         digest.update(repr(label_names).encode())
-    return DataSplits(train=train, eval=evl, fingerprint=digest.hexdigest()[:16], label_names=label_names)
+    return DataSplits(train=train, eval=evl, fingerprint=digest.hexdigest()[:16], label_names=label_names,
+                      train_sources=train_sources)
+
+
+def _add_extra_train(
+    train: datasets.Dataset, evl: datasets.Dataset, cfg: DataConfig
+) -> tuple[datasets.Dataset, dict[str, int]]:
+    """The training split plus each extra source's texts, as one text-only dataset.
+
+    The extra texts go after the recipe's own: calibration (pruning importance, quantization)
+    reads the first texts, so it stays on the target domain, while distillation draws batches
+    from a seeded permutation of all of them. A text already taken, or in the evaluation split,
+    is dropped (exact match after stripping), so no source can leak evaluation data into training."""
+    import datasets
+
+    primary = cfg.source or cfg.train
+    taken = {t.strip() for t in evl["text"]} | {t.strip() for t in train["text"]}
+    texts, sources = list(train["text"]), {str(primary): len(train)}
+    for extra in cfg.extra_train:
+        columns = DataConfig.model_validate({"source": extra.source, "text_column": extra.text_column})
+        ds = _normalize(load_spec(extra.source, extra.split), columns, extra.source)
+        added = 0
+        for text in ds["text"]:
+            if extra.max_samples and added >= extra.max_samples:
+                break
+            if text.strip() not in taken:
+                taken.add(text.strip())
+                texts.append(text)
+                added += 1
+        sources[extra.source] = sources.get(extra.source, 0) + added
+    return datasets.Dataset.from_dict({"text": texts}), sources
 
 
 def encode_labels(

@@ -120,6 +120,8 @@ def _label_mapping(config: Any, task: str, splits: DataSplits) -> dict[int, str]
 
         ids = [by_name[n.lower()] for n in names]
         for part in ("train", "eval"):  # plain ids: the data's ClassLabel order is not the model's
+            if "label" not in getattr(splits, part).column_names:
+                continue  # a text-only training split (data.extra_train)
             ds = getattr(splits, part).cast_column("label", datasets.Value("int64"))
             setattr(splits, part, ds.map(lambda x: {"label": ids[x]}, input_columns="label"))
         return None
@@ -162,9 +164,11 @@ def plan(recipe: Recipe, eval_part: str | None = None) -> Plan:
         technique = registry.technique(step.technique)
         need = technique.data_requirement(step.config)
         if need == "labels" and not splits.has_labels:
+            why = ("data.extra_train makes the training split text only; drop extra_train"
+                   if recipe.data.extra_train else "set data.label_column")
             raise BadInputError(
-                f"steps[{i}] ({step.technique}) needs labelled data, but the data has no 'label' column; "
-                "set data.label_column or use a task-agnostic configuration"
+                f"steps[{i}] ({step.technique}) needs labelled data, but the training data has no 'label' "
+                f"column; {why} or use a task-agnostic configuration"
             )
         target = ModelTarget(config=config, task=task, format=fmt, has_labels=splits.has_labels, has_data=True)
         try:

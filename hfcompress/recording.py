@@ -71,6 +71,7 @@ def evaluate_and_record(p: Plan, artifact_dir: Path, accelerator: Any, reports: 
             "evaluated_samples": min(len(p.splits.eval), settings.max_samples),
             "fingerprint": p.splits.fingerprint,
             **({"label_names": p.splits.label_names} if p.splits.label_names else {}),
+            **({"train_sources": p.splits.train_sources} if p.splits.train_sources else {}),
         },
         "base": base_block,
         "compressed": comp_block,

@@ -20,6 +20,7 @@ Modules: :mod:`.metadata` (base model id, relation, license), :mod:`.tables` (th
 
 from __future__ import annotations
 
+from .body import card_for_repo as card_for_repo
 from .body import write_card as write_card
 from .metadata import BUILTIN_HUB_IDS as BUILTIN_HUB_IDS
 from .metadata import HUB_ID as HUB_ID

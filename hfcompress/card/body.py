@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,7 @@ def _evaluation_section(c: _CardInputs, before: list[str]) -> list[str]:
                        ("evaluated_samples", "held-out samples evaluated")):
         if c.data_info.get(key) is not None:
             lines.append(f"- {label}: {fmt(c.data_info[key])}")
+    lines += _train_source_lines(c)
     if c.data_info.get("fingerprint"):
         lines.append(f"- data fingerprint: `{c.data_info['fingerprint']}`")
     declared_order = list(c.metrics)
@@ -191,6 +192,24 @@ def _evaluation_section(c: _CardInputs, before: list[str]) -> list[str]:
         "- evaluation never sees a sample used for training or calibration (the split is by a hash of each text)",
         "",
     ]
+
+
+def _train_source_lines(c: _CardInputs) -> list[str]:
+    """With ``data.extra_train``: the texts per source, and which reported metrics are then in-domain.
+
+    An evaluator that names a data set in a metric's label (the transfer probes do) scores data the
+    model was told is unseen; when that set was trained on, the card says so next to the number's name.
+    """
+    sources = c.data_info.get("train_sources") or {}
+    if not sources:
+        return []
+    lines = ["- training text (text only) from: " + ", ".join(f"`{s}` {fmt(n)}" for s, n in sources.items())]
+    reported = set(c.comp.get("metrics") or {})
+    for source in list(sources)[1:]:
+        named = [m.label for key, m in c.metrics.items() if key in reported and source in m.label]
+        if named:
+            lines.append(f"- `{source}` was trained on, so read as in-domain: " + "; ".join(named))
+    return lines
 
 
 def _environment_section(c: _CardInputs) -> list[str]:
@@ -216,6 +235,29 @@ def _recipe_section(c: _CardInputs) -> list[str]:
 
 def _usage_section(c: _CardInputs) -> list[str]:
     return ["## How to use", "", *_snippet(c.folder, c.task, c.repo, _folder_name(c.folder)), ""]
+
+
+def card_for_repo(folder: str | Path, repo_id: str) -> str | None:
+    """The folder's card with its "How to use" snippet loading from ``repo_id``, or None if it does already.
+
+    A folder compressed without ``push.repo_id`` has a card whose snippet loads the local folder;
+    ``push`` publishes this text instead. Only that section is rendered again: every other line,
+    the numbers included, stays as the run wrote it.
+    """
+    import yaml
+
+    folder = Path(folder)
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    start = text.find("\n## How to use\n")
+    end = text.find("\n## ", start + 1)
+    if start < 0 or end < 0:
+        return None  # not a card hfcompress wrote: publish it as it is
+    results = json.loads((folder / "results.json").read_text())
+    recipe = yaml.safe_load((folder / "hfcompress.yaml").read_text()) or {}
+    c = replace(_card_inputs(folder, results, recipe, _recipe_declarations(recipe)), repo=repo_id)
+    section = "\n".join(_usage_section(c))
+    updated = text[: start + 1] + section + text[end:]
+    return None if updated == text else updated
 
 
 def _reproduce_section(version: Any) -> list[str]:

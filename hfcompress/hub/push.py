@@ -244,11 +244,15 @@ def push_to_hub(
     ``created_branch``, ``uploaded``, ``deleted``, ``unchanged`` (paths), ``commit_message`` and
     ``verification`` (the subprocess report, ``None`` when nothing had to be uploaded).
     """
+    import tempfile
+
     secret_box = [token or ""]
     try:
         try:
-            return _push(Path(folder), repo_id, private=private, revision=revision, create_pr=create_pr,
-                         token=token, commit_message=commit_message, secret_box=secret_box)
+            with tempfile.TemporaryDirectory(prefix="hfcompress-push-") as scratch:
+                return _push(Path(folder), repo_id, private=private, revision=revision, create_pr=create_pr,
+                             token=token, commit_message=commit_message, secret_box=secret_box,
+                             scratch=Path(scratch))
         except HfCompressError:
             raise
         except Exception as exc:
@@ -278,6 +282,20 @@ def _secret_in_use() -> str:
         return ""
 
 
+def _card_naming_the_repo(folder: Path, repo_id: str, local: dict[str, LocalFile], scratch: Path) -> dict[str, LocalFile]:
+    """The files to publish, with a card whose snippet loads ``repo_id`` rather than the local folder
+    it was written in (a run without ``push.repo_id``). The folder itself is not modified."""
+    from ..card import card_for_repo
+
+    text = card_for_repo(folder, repo_id)
+    if text is None:
+        return local
+    card = scratch / "README.md"
+    card.write_text(text, encoding="utf-8")
+    log.info("the card's snippet now loads %s (the local card names the folder)", repo_id)
+    return {**local, "README.md": LocalFile("README.md", card, card.stat().st_size)}
+
+
 @dataclass(frozen=True)
 class _Target:
     """Where one push goes: the client, the Hub's address, the repo and branch, and the local files."""
@@ -295,7 +313,7 @@ class _Target:
 
 
 def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, create_pr: bool, token: str | None,
-          commit_message: str | None, secret_box: list[str]) -> dict[str, Any]:
+          commit_message: str | None, secret_box: list[str], scratch: Path) -> dict[str, Any]:
     from huggingface_hub import HfApi, constants
 
     from .. import __version__
@@ -316,6 +334,7 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, cr
     endpoint = _endpoint()
     api = HfApi(endpoint=endpoint, token=token, library_name="hfcompress", library_version=__version__)
     _, repo_id = _check_write_access(api, repo_id)
+    local = _card_naming_the_repo(folder, repo_id, local, scratch)
     refuse_leaked_token(local, token)
     target = _Target(api, endpoint, repo_id, revision or "main", create_pr, local)
     branch = target.branch

@@ -143,6 +143,26 @@ def test_changes_create_pr_and_revision_land_where_they_should(
     assert push_to_hub(changed, repo, token=token, revision="dev")["commit_id"] is None
 
 
+def test_a_card_written_without_a_repo_id_is_published_with_a_snippet_that_loads_the_repo(
+    hub_client: HubServer, output_folder: Path, tmp_path: Path
+) -> None:
+    """`hfcompress run --output DIR` then `hfcompress push DIR REPO`: the published card's snippet
+    loads the repo (a user copying it gets the model), while the local folder keeps its own card."""
+    from hfcompress.card import write_card
+
+    folder = _copy(output_folder, tmp_path)
+    write_card(folder, {"model": "tiny-bert", "task": "feature-extraction"}, {"model": "tiny-bert"})
+    local = (folder / "README.md").read_bytes()
+    assert b'from_pretrained("./copy")' in local
+    result = push_to_hub(folder, "tiny-card", token=hub_client.write_token)
+    remote = hub_client.file("alice/tiny-card", "README.md").decode()
+    assert 'from_pretrained("alice/tiny-card")' in remote and "./copy" not in remote
+    assert remote.split("## How to use")[0] == local.decode().split("## How to use")[0]
+    assert (folder / "README.md").read_bytes() == local and "README.md" in result["uploaded"]
+    # pushing again: the remote card already is the one the push renders, so nothing to do
+    assert push_to_hub(folder, "alice/tiny-card", token=hub_client.write_token)["commit_id"] is None
+
+
 def test_dropped_commit_leaves_remote_unchanged_then_retry_succeeds(
     hub_client: HubServer, output_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -130,3 +130,30 @@ def test_class_names_the_model_knows_use_its_ids(tmp_path: Path, labels: tuple[s
     by_text = dict(zip(texts, ids, strict=True))
     assert by_text["this is sentence number 0 of the data"] == 0  # "positive" -> the model's POSITIVE
     assert by_text["this is sentence number 1 of the data"] == 1
+
+
+def test_extra_train_with_a_step_that_needs_labels_is_refused(tmp_path: Path) -> None:
+    """Extra training sources are text only: task-specific distillation cannot train on them."""
+    model = make_tiny_bert(tmp_path / "model", task="text-classification")
+    data, more = _data(tmp_path / "d.jsonl", rows=60), tmp_path / "more.txt"
+    more.write_text("an unlabelled sentence\nanother one\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {model}\ndata: {{source: {data}, extra_train: [{more}]}}\n"
+                      "steps:\n  - distillation: {mode: task-specific, max_steps: 1}\n")
+    proc = run("run", str(recipe), "--output", "out", cwd=tmp_path)
+    _bad(proc, "steps[0] (distillation) needs labelled data", "data.extra_train makes the training split text only")
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_names_map_in_evaluation_when_extra_train_leaves_training_text_only(tmp_path: Path) -> None:
+    from hfcompress.data import DataConfig, load_data
+    from hfcompress.pipeline import _label_mapping
+
+    (tmp_path / "more.txt").write_text("an unlabelled sentence\n")
+    data = _data(tmp_path / "d.jsonl", rows=60, labels=("positive", "negative"))
+    splits = load_data(DataConfig.model_validate({"source": str(data), "extra_train": [str(tmp_path / "more.txt")]}))
+    config = type("Config", (), {"id2label": {0: "POSITIVE", 1: "NEGATIVE"}})()
+    assert _label_mapping(config, "text-classification", splits) is None
+    assert splits.train.column_names == ["text"] and "an unlabelled sentence" in splits.train["text"]
+    by_text = dict(zip(splits.eval["text"], splits.eval["label"], strict=True))
+    assert all(by_text[t] == int(t.split()[4]) % 2 for t in by_text)  # even rows are "positive" = model id 0

@@ -349,3 +349,37 @@ def test_the_search_panel_draws_the_full_level_trials_and_the_base_model() -> No
     draw_search(ax, old, metric_declarations(), {"latency_ms": 90.0, "metrics": {"probe_accuracy": 0.8}})
     assert "base model (final half)" in [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(fig)
+
+
+def test_mixed_training_sources_are_listed_and_a_probe_on_one_of_them_is_marked_in_domain(
+        evaluated: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    shutil.copytree(evaluated["out"], folder)
+    results = json.loads(json.dumps(evaluated["results"]))
+    results["data"]["train_sources"] = {"vader:movie": 8478, "vader:tweets": 4195}
+    results["compressed"]["metrics"]["transfer_probe_accuracy_vader_tweets"] = 0.75
+    text = write_card(folder, results, evaluated["recipe"]).read_text()
+    assert "- training text (text only) from: `vader:movie` 8,478, `vader:tweets` 4,195" in text
+    assert "- `vader:tweets` was trained on, so read as in-domain: Transfer probe accuracy, vader:tweets" in text
+    plain = (evaluated["out"] / "README.md").read_text()
+    assert "training text (text only)" not in plain and "in-domain" not in plain
+
+
+def test_card_for_repo_points_the_snippet_at_the_repo_and_changes_nothing_else(
+        evaluated: dict[str, Any], tmp_path: Path) -> None:
+    from hfcompress.card import card_for_repo
+
+    folder = tmp_path / "out"
+    shutil.copytree(evaluated["out"], folder)
+    (folder / "hfcompress.yaml").write_text(yaml.safe_dump(evaluated["recipe"]))
+    local = (folder / "README.md").read_text()
+    assert '"./out"' in local and "snapshot_download" not in local
+    text = card_for_repo(folder, "alice/tiny-out")
+    assert text is not None and 'from_pretrained("alice/tiny-out")' in text and '"./out"' not in text
+    before, after = local.split("## How to use"), text.split("## How to use")
+    assert before[0] == after[0]  # numbers, tables, recipe: as the run wrote them
+    assert before[1].split("\n## ", 1)[1] == after[1].split("\n## ", 1)[1]
+    (folder / "README.md").write_text(text)
+    assert card_for_repo(folder, "alice/tiny-out") is None  # already names the repo
+    (folder / "README.md").write_text("# a card someone wrote by hand\n")
+    assert card_for_repo(folder, "alice/tiny-out") is None

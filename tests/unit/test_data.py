@@ -69,3 +69,42 @@ def test_vader_movie_is_real_and_labelled(hf_cache: str) -> None:
     labels = list(splits.train["label"]) + list(splits.eval["label"])
     assert 0.4 < sum(labels) / len(labels) < 0.6
     assert not set(splits.train["text"]) & set(splits.eval["text"])
+
+
+def test_extra_train_adds_text_only_and_never_an_evaluation_text(tmp_path: Path) -> None:
+    cfg = DataConfig(source=str(_jsonl(tmp_path / "d.jsonl")), text_column="sentence", label_column="y")
+    plain = load_data(cfg)
+    leak = plain.eval["text"][0]
+    (tmp_path / "more.txt").write_text(f"fresh one\n{leak}\nfresh two\nfresh one\n{plain.train['text'][0]}\nfresh three\n")
+    (tmp_path / "other.csv").write_text("body\nother a\nother b\nother c\n")
+    extra = [str(tmp_path / "more.txt"), {"source": str(tmp_path / "other.csv"), "text_column": "body", "max_samples": 2}]
+    mixed = load_data(DataConfig.model_validate({**cfg.model_dump(), "extra_train": extra}))
+    assert mixed.eval["text"] == plain.eval["text"] and "label" in mixed.eval.column_names
+    assert mixed.train.column_names == ["text"] and not mixed.has_labels
+    # the recipe's own part first (calibration reads the first texts), then each source's new texts
+    assert mixed.train["text"] == [*plain.train["text"], "fresh one", "fresh two", "fresh three", "other a", "other b"]
+    assert mixed.train_sources == {cfg.source: len(plain.train), str(tmp_path / "more.txt"): 3,
+                                   str(tmp_path / "other.csv"): 2}
+    assert not set(mixed.train["text"]) & set(mixed.eval["text"])
+    assert mixed.fingerprint != plain.fingerprint and plain.train_sources is None
+
+
+def test_extra_train_with_a_wrong_column_or_spec_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "d.txt").write_text("\n".join(f"line {i}" for i in range(50)))
+    (tmp_path / "x.csv").write_text("body\na\n")
+    with pytest.raises(BadInputError, match="text_column 'text' does not exist; columns are: body"):
+        load_data(DataConfig.model_validate({"source": str(tmp_path / "d.txt"), "extra_train": [str(tmp_path / "x.csv")]}))
+    with pytest.raises(BadInputError, match="unknown subset 'films'"):
+        load_data(DataConfig.model_validate({"source": str(tmp_path / "d.txt"), "extra_train": ["vader:films"]}))
+
+
+@pytest.mark.integration
+def test_every_vader_set_mixes_into_training_without_touching_evaluation(hf_cache: str) -> None:
+    splits = load_data(DataConfig.model_validate(
+        {"source": "vader:movie", "extra_train": ["vader:tweets", "vader:amazon", "vader:nyt"]}))
+    sources = splits.train_sources or {}
+    assert list(sources) == ["vader:movie", "vader:tweets", "vader:amazon", "vader:nyt"]
+    assert sum(sources.values()) == len(splits.train)
+    assert sources["vader:tweets"] > 4000 and sources["vader:amazon"] > 3500 and sources["vader:nyt"] > 5000
+    assert not {t.strip() for t in splits.train["text"]} & {t.strip() for t in splits.eval["text"]}
+    assert "label" in splits.eval.column_names
