@@ -86,7 +86,8 @@ class DataSplits:
     label_names: list[str] | None = None
     """Class names, when the data labels classes by name (``yes``/``no``): id i is ``label_names[i]``."""
     train_sources: dict[str, int] | None = None
-    """Training texts per source when ``extra_train`` mixes sources (the recipe's own part first)."""
+    """Training texts per source when ``extra_train`` mixes sources (the recipe's own part first;
+    ``SPEC (COLUMN)`` for a source read from another column than ``text``)."""
 
     @property
     def has_labels(self) -> bool:
@@ -276,7 +277,8 @@ def _add_extra_train(
                 taken.add(text.strip())
                 texts.append(text)
                 added += 1
-        sources[extra.source] = sources.get(extra.source, 0) + added
+        name = extra.source if extra.text_column == "text" else f"{extra.source} ({extra.text_column})"
+        sources[name] = sources.get(name, 0) + added
     return datasets.Dataset.from_dict({"text": texts}), sources
 
 

@@ -206,7 +206,8 @@ def _train_source_lines(c: _CardInputs) -> list[str]:
     lines = ["- training text (text only) from: " + ", ".join(f"`{s}` {fmt(n)}" for s, n in sources.items())]
     reported = set(c.comp.get("metrics") or {})
     for source in list(sources)[1:]:
-        named = [m.label for key, m in c.metrics.items() if key in reported and source in m.label]
+        spec = source.split(" (")[0]  # "stsb:train (sentence2)": the set is stsb:train
+        named = [m.label for key, m in c.metrics.items() if key in reported and spec in m.label]
         if named:
             lines.append(f"- `{source}` was trained on, so read as in-domain: " + "; ".join(named))
     return lines

@@ -84,7 +84,7 @@ def test_extra_train_adds_text_only_and_never_an_evaluation_text(tmp_path: Path)
     # the recipe's own part first (calibration reads the first texts), then each source's new texts
     assert mixed.train["text"] == [*plain.train["text"], "fresh one", "fresh two", "fresh three", "other a", "other b"]
     assert mixed.train_sources == {cfg.source: len(plain.train), str(tmp_path / "more.txt"): 3,
-                                   str(tmp_path / "other.csv"): 2}
+                                   f"{tmp_path / 'other.csv'} (body)": 2}
     assert not set(mixed.train["text"]) & set(mixed.eval["text"])
     assert mixed.fingerprint != plain.fingerprint and plain.train_sources is None
 
