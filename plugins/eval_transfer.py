@@ -12,7 +12,8 @@ texts, parts and seeds, so the difference is what compression cost on that task.
 Data sets (``SOURCES``): the built-in ``vader:tweets``, ``vader:amazon`` and ``vader:nyt``
 (human-rated sentences shipped in the ``vaderSentiment`` package, MIT; label = mean rating > 0).
 The default recipe distils and calibrates on ``vader:movie`` only, so for it these are unseen
-domains; a recipe trained on one of them should read that probe as in-domain. Each set is cut
+domains; a recipe trained on one of them (``data.extra_train``) should read that probe as
+in-domain, and the card says so next to it. Each set is cut
 deterministically (shuffled with seed 0) into ``PER_PART`` training and as many test sentences.
 
 Embeddings are what all-MiniLM-style sentence encoders publish: mean-pooled over real tokens and
