@@ -363,7 +363,7 @@ def compress(
         results["gate"] = {"passed": not failures, "failures": failures,
                            "config": resolved.gate.model_dump() if resolved.gate else None}
         (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        write_card(tmp, results, resolved.to_dict(), metrics=declared)
+        write_card(tmp, results, resolved.to_dict(), metrics=declared, repo_id=push_to)
         _write_atomically(tmp, out)
     except BaseException:
         # A run that fails (or is interrupted) while writing leaves no half-written folder behind.

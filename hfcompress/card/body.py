@@ -281,11 +281,13 @@ def write_card(
     results: dict[str, Any],
     recipe_dict: dict[str, Any],
     metrics: Mapping[str, Metric] | None = None,
+    repo_id: str | None = None,
 ) -> Path:
     """Write ``folder/README.md`` (and ``folder/evaluation.png``) from results.json and the resolved recipe.
 
     ``metrics``: name → :class:`Metric` as the evaluators that ran declare them (labels, units,
     directions); by default, the declarations of the evaluators in the recipe's ``evaluate``.
+    ``repo_id``: the repo the folder is pushed to (the snippet loads it); default the recipe's ``push.repo_id``.
     """
     from huggingface_hub import ModelCard
 
@@ -294,6 +296,8 @@ def write_card(
     folder = Path(folder)
     metrics = _recipe_declarations(recipe_dict) if metrics is None else metrics
     c = _card_inputs(folder, results, recipe_dict, metrics)
+    if repo_id:
+        c = replace(c, repo=repo_id)
     card_data = _front_matter(c)
     plot = write_plot(folder, results, metrics)
     version = results.get("hfcompress_version") or (recipe_dict.get("provenance") or {}).get("packages", {}).get(

@@ -501,7 +501,7 @@ class Search:
         import yaml
 
         recipe_dict = yaml.safe_load((out / "hfcompress.yaml").read_text())
-        write_card(out, results, recipe_dict, metrics=self.metrics)
+        write_card(out, results, recipe_dict, metrics=self.metrics, repo_id=push_to)
         result = Result(output_dir=out, results=results, recipe=recipe, gate_failures=failures)
         if failures:
             head = "" if chosen is None else f"search: the chosen trial {chosen} failed on the final split: "
