@@ -273,8 +273,9 @@ def _add_extra_train(
         for text in ds["text"]:
             if extra.max_samples and added >= extra.max_samples:
                 break
-            if text.strip() not in taken:
-                taken.add(text.strip())
+            key = text.strip()
+            if key not in taken:
+                taken.add(key)
                 texts.append(text)
                 added += 1
         name = extra.source if extra.text_column == "text" else f"{extra.source} ({extra.text_column})"

@@ -27,20 +27,29 @@ hub_client = hub_testing.hub_client
 pytestmark = pytest.mark.integration
 
 # Run in a fresh interpreter that has neither hfcompress nor torch: what a serving container has.
-BARE_ORT = r"""
+# argv: the downloaded folder, then the runtime that wrote it ("onnxruntime" or "openvino").
+BARE_RUNTIME = r"""
 import json, sys
 from pathlib import Path
 sys.modules["hfcompress"] = None   # importing it would fail: nothing below may depend on it
 sys.modules["torch"] = None
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
-folder = Path(sys.argv[1])
+folder, runtime = Path(sys.argv[1]), sys.argv[2]
 block = json.loads((folder / "results.json").read_text())["verification"]
-onnx_file = next(p for p in sorted(folder.rglob("*.onnx")))
-session = ort.InferenceSession(str(onnx_file))                 # no options at all
-inputs = [i.name for i in session.get_inputs()]
+if runtime == "openvino":
+    import openvino as ov
+    model_file = next(p for p in sorted(folder.rglob("*.xml")))
+    compiled = ov.Core().compile_model(str(model_file), "CPU")
+    inputs = [i.any_name for i in compiled.inputs]
+    infer = lambda feed: compiled(feed)[0]
+else:
+    import onnxruntime as ort
+    model_file = next(p for p in sorted(folder.rglob("*.onnx")))
+    session = ort.InferenceSession(str(model_file))           # no options at all
+    inputs = [i.name for i in session.get_inputs()]
+    infer = lambda feed: session.run(None, feed)[0]
 tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
 seq = block["sequence_length"]
 tokenizer.enable_truncation(seq)
@@ -50,23 +59,12 @@ feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
         "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
 feed = {name: feed[name] for name in inputs}
-hidden = session.run(None, feed)[0]
+hidden = infer(feed)
 mask = feed["attention_mask"][..., None].astype(np.float32)
 pooled = (hidden * mask).sum(1) / mask.sum(1)                  # what results.json records
 diff = float(np.abs(np.round(pooled[:, :64], 6) - np.array(block["outputs"])).max())
-print(json.dumps({"max_abs_diff": diff, "file": onnx_file.relative_to(folder).as_posix()}))
+print(json.dumps({"max_abs_diff": diff, "file": model_file.relative_to(folder).as_posix()}))
 """
-
-
-# The same for an OpenVINO folder, with openvino alone (what `backend: auto` picks when its int8 times faster).
-BARE_OV = (BARE_ORT.replace("import onnxruntime as ort", "import openvino as ov")
-           .replace('onnx_file = next(p for p in sorted(folder.rglob("*.onnx")))',
-                    'onnx_file = next(p for p in sorted(folder.rglob("*.xml")))')
-           .replace("session = ort.InferenceSession(str(onnx_file))                 # no options at all",
-                    'session = ov.Core().compile_model(str(onnx_file), "CPU")')
-           .replace("inputs = [i.name for i in session.get_inputs()]", "inputs = [i.any_name for i in session.inputs]")
-           .replace("hidden = session.run(None, feed)[0]", "hidden = session(feed)[0]"))
-assert "ov.Core()" in BARE_OV and "ort." not in BARE_OV and "session.inputs" in BARE_OV
 
 
 def _recipe(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,8 +117,8 @@ def test_onnx_output_pushes_downloads_and_runs_in_a_bare_session(
     assert checks[runtime]["max_abs_diff"] <= 1e-5  # same graph, same runtime: exact
 
     snap = Path(snapshot_download("alice/minilm-small", cache_dir=tmp_path / "hf-cache", token=hub_client.write_token))
-    script = BARE_OV if openvino else BARE_ORT
-    run = subprocess.run([sys.executable, "-c", script, str(snap)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", BARE_RUNTIME, str(snap), runtime], capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["max_abs_diff"] <= 1e-5, report
