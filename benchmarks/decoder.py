@@ -18,10 +18,12 @@ model builder with its defaults (``-p int4|int8 -e cpu``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,33 @@ def perplexity(logits: Any, input_ids: Any, attention_mask: Any) -> tuple[float,
     return float(nll[mask].sum()), int(mask.sum())
 
 
+@contextlib.contextmanager
+def _without_extra_buffer_types() -> Iterator[None]:
+    """Load GGUF weights into plain CPU buffers (llama.cpp's ``--no-extra-bufts``).
+
+    Why: on an Intel CPU with AMX, llama.cpp repacks Q4_1/Q8_0 weights for its AMX kernels, and
+    with llama-cpp-python 0.3.36 (built here from source) the first ``llama_decode`` on the
+    packaged SmolLM2 GGUF then segfaults, at 1 and 2 threads (2026-12-03). ``Llama()`` takes no
+    such argument, so its default model parameters are wrapped while it loads. On CPUs without
+    AMX this changes nothing for Q4_1 (llama.cpp's x86 repacking covers Q4_0 and IQ4_NL only).
+    """
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    default = llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    llama_module.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = default
+
+
 class LlamaCpp:
     """llama.cpp (``llama-cpp-python``) on a GGUF file, called like a transformers causal LM.
 
@@ -90,8 +119,9 @@ class LlamaCpp:
 
         if self.llm is None or self.threads != n:
             self.threads = n
-            self.llm = Llama(model_path=self.gguf, n_ctx=self.n_ctx, n_threads=n, n_threads_batch=n,
-                             logits_all=True, verbose=False)
+            with _without_extra_buffer_types():
+                self.llm = Llama(model_path=self.gguf, n_ctx=self.n_ctx, n_threads=n, n_threads_batch=n,
+                                 logits_all=True, verbose=False)
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, **ignored: Any) -> Any:
         import numpy as np
@@ -263,7 +293,8 @@ class DecoderSuite:
         return Built(forward=lambda batch: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                      size_bytes=gguf.stat().st_size, num_parameters=sum(p.numel() for p in base.parameters()),
                      shapes=linear_shapes(base), compute_dtype="int8", set_threads=model.set_num_threads, model=model,
-                     info={"gguf": gguf.name, "llama_cpp_python": __import__("llama_cpp").__version__})
+                     info={"gguf": gguf.name, "llama_cpp_python": __import__("llama_cpp").__version__,
+                           "extra_buffer_types": False})
 
     def _genai_builder(self, precision: str) -> Built:
         """onnxruntime-genai's model builder with its defaults, as a user runs it (``-p PRECISION -e cpu``)."""

@@ -70,6 +70,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                                             "int8_layers": ["last_matmul", "mixed_layers"]},
     "onnxruntime-genai:int4-awq-mixed": {"backend": "onnxruntime-genai", "dtype": "int4", "algorithm": "awq",
                                          "int4_ratio": 0.3},
+    "onnxruntime-genai:int4-block-min": {"backend": "onnxruntime-genai", "dtype": "int4", "algorithm": "block_min"},
     "onnxruntime-genai:int8": {"backend": "onnxruntime-genai", "dtype": "int8"},
     "onnxruntime-genai:int8-group128": {"backend": "onnxruntime-genai", "dtype": "int8", "group_size": 128},
     "onnxruntime-genai:int8-head128": {"backend": "onnxruntime-genai", "dtype": "int8", "lm_head_group_size": 128},
@@ -89,11 +90,13 @@ DEFAULT_CANDIDATES = {
 # estimation) with 30% of the weights int4, the rest int8: 80 at +3.3%. int8 with one scale per 128
 # weights for the LM head alone: 93 at +0.16% vs 79 for int8 in the same run (2026-12-02, Zen 4);
 # it replaced int8 with 128 everywhere (108 at +0.55%, but greedy agreement 0.18 instead of 0.47:
-# MatMulNBits rounds the activations in blocks of the weights' size; genai_blocks). The int4 ones
-# stay in the list so the card shows where they land on each model.
+# MatMulNBits rounds the activations in blocks of the weights' size; genai_blocks). int4 with a float
+# minimum per block (llama.cpp's Q4_1 scheme, genai_block_min): 93 at -0.09% on the packaged model,
+# whose weights came from a Q4_1 GGUF, vs int8 84 and llama.cpp 64 in the same run (2026-12-03, Intel
+# with AMX). The int4 ones stay in the list so the card shows where they land on each model.
 DEFAULT_CANDIDATES_CAUSAL_LM = {
     "cpu": ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed", "onnxruntime-genai:int4-awq-mixed",
-            "onnxruntime-genai:int8", "onnxruntime-genai:int8-head128",
+            "onnxruntime-genai:int4-block-min", "onnxruntime-genai:int8", "onnxruntime-genai:int8-head128",
             "onnxruntime-genai:fp32", "torch:bf16"],
     "cuda": ["torch:bf16", "torch:fp16", "quanto:int8"],
 }

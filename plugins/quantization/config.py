@@ -61,11 +61,13 @@ class QuantizationConfig(TechniqueConfig):
     with its residual additions written so that ONNX Runtime's load-time SkipLayerNormFusion does
     not apply (the choice lives in the graph itself: a bare ``InferenceSession`` runs what was
     timed). ``auto`` times every option and keeps the fastest."""
-    algorithm: Literal["rtn", "k_quant", "awq"] = "rtn"
+    algorithm: Literal["rtn", "k_quant", "awq", "block_min"] = "rtn"
     """onnxruntime-genai: how weights are rounded to int4/int8. ``rtn`` round-to-nearest and ``k_quant``
     (each block's scale searched) are the model builder's own (its ``algo_config``); ``awq`` (int4
     only) is calibrated on the recipe's texts: NNCF's AWQ + scale estimation, with ``int4_ratio`` of
-    the matmul weights at int4 and the rest int8 (``genai_calibrated``)."""
+    the matmul weights at int4 and the rest int8 (``genai_calibrated``); ``block_min`` (int4 only)
+    keeps each block's minimum in float, llama.cpp's Q4_1 scheme, with the LM head int8
+    (``genai_block_min``): exact on weights that came from a Q4_1 GGUF."""
     int4_ratio: float = Field(1.0, gt=0.0, le=1.0)
     """onnxruntime-genai with algorithm awq: share of matmul weights at int4; the matmuls whose
     inputs make rounding cost most (NNCF's Hessian-of-inputs ranking on the calibration texts) stay
@@ -167,6 +169,12 @@ class QuantizationConfig(TechniqueConfig):
             raise ValueError("lm_head_group_size is an int8 round-to-nearest option (dtype int8, algorithm rtn); "
                              f"dtype is {self.resolved_dtype()!r}, algorithm {self.algorithm!r} (an int4 LM head "
                              "measured +7% perplexity on SmolLM2-135M)")
+        if backend == "onnxruntime-genai" and self.algorithm == "block_min" and self.resolved_dtype() != "int4":
+            raise ValueError(f"algorithm block_min writes int4 weights; dtype is {self.resolved_dtype()!r} (set "
+                             "dtype: int4)")
+        if self.algorithm == "block_min" and "int8_layers" in given:
+            raise ValueError("int8_layers is the builder's fixed list; algorithm block_min keeps the LM head int8 "
+                             "and every other matmul int4")
         if "int4_ratio" in given and self.algorithm != "awq":
             raise ValueError(f"int4_ratio is an algorithm awq option; algorithm is {self.algorithm!r}")
         if "smooth_quant_alpha" in given and backend not in ("openvino", "auto"):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfcompress.plugin import BadInputError, ModelState, ModelTarget
 
-from . import genai_blocks, genai_runtime
+from . import genai_block_min, genai_blocks, genai_runtime
 from .backends import TECHNIQUE, step_info
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,8 +65,8 @@ def builder_options(config: QuantizationConfig) -> dict[str, str]:
 
 
 def _rewrites_fp32(config: QuantizationConfig) -> bool:
-    """awq (NNCF) and a separate LM-head block size round the builder's fp32 graph themselves."""
-    return config.algorithm == "awq" or config.lm_head_group_size not in (None, config.group_size)
+    """awq (NNCF), block_min and a separate LM-head block size round the builder's fp32 graph themselves."""
+    return config.algorithm in ("awq", "block_min") or config.lm_head_group_size not in (None, config.group_size)
 
 
 def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_dir: Path,
@@ -77,6 +77,9 @@ def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_
                                           work_dir, config.threads, builder_options(config))
     if config.algorithm == "awq":
         details.update(_calibrate(folder, state, config, texts))
+    elif config.algorithm == "block_min":
+        details.update(genai_block_min.compress(folder, config.group_size))
+        details.update(dtype="int4", size_bytes=genai_runtime.onnx_size(folder))
     elif rewrite:
         assert config.lm_head_group_size is not None
         details.update(genai_blocks.requantize(folder, config.group_size, config.lm_head_group_size))

@@ -105,15 +105,18 @@ def test_builder_options_follow_the_config() -> None:
     head128 = auto.for_candidate("onnxruntime-genai:int8-head128")
     assert (head128.lm_head_group_size, head128.group_size, head128.resolved_dtype()) == (128, 32, "int8")
     assert builder_options(head128) == {}  # the builder writes fp32; genai_blocks rounds it
+    block_min = auto.for_candidate("onnxruntime-genai:int4-block-min")
+    assert (block_min.algorithm, block_min.resolved_dtype(), block_min.group_size) == ("block_min", "int4", 32)
+    assert builder_options(block_min) == {}  # the builder writes fp32; genai_block_min rounds it
 
 
 def test_default_candidates_for_causal_lms_are_measured_generators() -> None:
     from hfcompress_plugins.quantization.auto import candidate_names
 
     names = candidate_names(_config(backend="auto"), "cpu", "text-generation")
-    assert names[:6] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed",
-                         "onnxruntime-genai:int4-awq-mixed", "onnxruntime-genai:int8",
-                         "onnxruntime-genai:int8-head128", "onnxruntime-genai:fp32"]
+    assert names[:7] == ["onnxruntime-genai:int4", "onnxruntime-genai:int4-kquant-mixed",
+                         "onnxruntime-genai:int4-awq-mixed", "onnxruntime-genai:int4-block-min",
+                         "onnxruntime-genai:int8", "onnxruntime-genai:int8-head128", "onnxruntime-genai:fp32"]
     assert not any(n.startswith("onnxruntime-genai") for n in candidate_names(_config(backend="auto"), "cpu"))
 
 

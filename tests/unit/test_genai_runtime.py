@@ -364,6 +364,81 @@ def test_int8_with_its_own_lm_head_block_size(family: str, tmp_path: Path) -> No
     assert _agreement(expected, ours, ids.shape[1]) >= MIN_INT8_AGREEMENT, (expected.tolist(), ours.tolist())
 
 
+def _round_to_block_min_grid(model: Any, block: int) -> None:
+    """Put every linear weight on the Q4_1 grid (what a model converted from a Q4_1 GGUF has)."""
+    import torch
+    from hfcompress_plugins.quantization.genai_block_min import quantize_block_min
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % block == 0:
+                q, scale, minimum = quantize_block_min(module.weight.T.numpy(), block)
+                grid = q * scale[..., None] + minimum[..., None]  # (out, blocks, block)
+                module.weight.copy_(torch.from_numpy(grid.reshape(module.weight.shape[0], -1)))
+
+
+def test_block_min_quantization_is_exact_on_the_grid_and_pads_a_partial_block() -> None:
+    import numpy as np
+    from hfcompress_plugins.quantization.genai_block_min import quantize_block_min
+
+    rng = np.random.default_rng(0)
+    k, n, block = 40, 3, 16  # 40 = 2 blocks + a partial one of 8
+    scale = rng.uniform(0.01, 0.1, (n, 3)).astype(np.float32)
+    minimum = rng.uniform(-1, 0, (n, 3)).astype(np.float32)
+    q = rng.integers(0, 16, (n, 3, block)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, 15  # each block spans the whole range, as Q4_1 writes it
+    weight = (q * scale[..., None] + minimum[..., None]).reshape(n, -1)[:, :k].T  # (K, N)
+    got_q, got_scale, got_min = quantize_block_min(weight, block)
+    assert got_q.shape == (n, 3, block) and got_q.max() <= 15
+    back = (got_q * got_scale[..., None] + got_min[..., None]).reshape(n, -1)[:, :k].T
+    assert np.abs(back - weight).max() < 1e-6
+    assert np.array_equal(got_q[:, :2], q[:, :2].astype(np.uint8))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: tied LM head and soft-capped logits
+def test_block_min_int4_runs_on_the_int4_kernel_and_keeps_a_q4_1_model(family: str, tmp_path: Path) -> None:
+    """algorithm block_min: every matmul but the LM head is int4 MatMulNBits without zero points plus
+    the block-minimum correction, the LM head int8; on a model whose weights sit on the Q4_1 grid the
+    folder generates greedily like the PyTorch model, and bare onnxruntime-genai like hfcompress.load."""
+    import onnx
+    import torch
+    from hfcompress_plugins.quantization import Quantization
+
+    import hfcompress
+
+    src = make_tiny_causal_lm(family, tmp_path / "src")
+    state = _load(src)
+    _round_to_block_min_grid(state.model, 16)
+    result = Quantization().apply(state, _config(backend="onnxruntime-genai", dtype="int4", algorithm="block_min",
+                                                 group_size=16), _ctx(tmp_path / "work"))
+    out = tmp_path / "out"
+    save_state(result.state, out)
+    changes = result.changes
+    assert (changes["dtype"], changes["algorithm"], changes["matmuls_int8"]) == ("int4", "block_min", 1)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    nbits = {n.name: ({a.name: a.i for a in n.attribute}, len(n.input)) for n in graph.node if n.op_type == "MatMulNBits"}
+    head = changes["lm_head"]
+    assert nbits[head][0]["bits"] == 8
+    int4 = {name: value for name, value in nbits.items() if name != head}
+    assert len(int4) == changes["matmuls_int4"] > 0
+    # 3 inputs: no zero points, so ONNX Runtime keeps its int8-activation kernel (float ones leave it)
+    assert {(a["bits"], a["block_size"], a["accuracy_level"], inputs) for a, inputs in int4.values()} == {(4, 16, 4, 3)}
+    assert len([n for n in graph.node if n.op_type == "Add" and n.name.endswith("/AddBlockMin")]) == len(int4)
+    ids = _prompt_ids(state.tokenizer, PROMPTS[1])
+    ours = hfcompress.load(out).generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    if family != "gemma2":  # BARE_SCRIPT sizes the KV buffer to the prompt + new tokens, below Gemma-2's window
+        proc = subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(out), json.dumps(ids[0].tolist()),
+                               str(NEW_TOKENS)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours[0].tolist()
+    with torch.no_grad():
+        expected = state.model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+        reference = state.model(input_ids=ids).logits
+    assert _agreement(expected, ours, ids.shape[1]) >= MIN_INT8_AGREEMENT, (expected.tolist(), ours.tolist())
+    got = hfcompress.load(out)(input_ids=ids).logits
+    assert torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0) > 0.999
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_folder_generates_with_onnxruntime_genai_alone(family: str, built: Any) -> None:
     import hfcompress
@@ -469,6 +544,8 @@ def test_check_refuses_custom_modeling_code() -> None:
         ({"dtype": "int4", "int4_ratio": 0.5}, "int4_ratio is an algorithm awq option"),
         ({"dtype": "int4", "lm_head_group_size": 128}, "lm_head_group_size is an int8 round-to-nearest option"),
         ({"algorithm": "k_quant", "lm_head_group_size": 128}, "algorithm 'k_quant'"),
+        ({"algorithm": "block_min"}, "block_min writes int4 weights; dtype is 'int8'"),
+        ({"algorithm": "block_min", "dtype": "int4", "int8_layers": ["last_matmul"]}, "keeps the LM head int8"),
     ],
 )
 def test_bad_config_is_refused(step: dict[str, Any], expected: str) -> None:
