@@ -395,7 +395,7 @@ def test_block_min_quantization_is_exact_on_the_grid_and_pads_a_partial_block() 
     assert np.array_equal(got_q[:, :2], q[:, :2].astype(np.uint8))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: tied LM head and soft-capped logits
+@pytest.mark.parametrize("family", FAMILIES)  # gemma2: tied LM head and soft-capped logits
 def test_block_min_int4_runs_on_the_int4_kernel_and_keeps_a_q4_1_model(family: str, tmp_path: Path) -> None:
     """algorithm block_min: every matmul but the LM head is int4 MatMulNBits without zero points plus
     the block-minimum correction, the LM head int8; on a model whose weights sit on the Q4_1 grid the
