@@ -326,16 +326,34 @@ def test_awq_int4_is_calibrated_mixed_and_runs_with_the_runtime_alone(family: st
     assert torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0) > 0.9
 
 
+def _generates_like_pytorch_and_the_bare_runtime(family: str, state: ModelState, out: Path) -> Any:
+    """``hfcompress.load(out).generate``: greedy agreement >= MIN_INT8_AGREEMENT with the PyTorch
+    model, and the same tokens from bare onnxruntime-genai. Returns the prompt ids."""
+    import torch
+
+    import hfcompress
+
+    ids = _prompt_ids(state.tokenizer, PROMPTS[1])
+    ours = hfcompress.load(out).generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    if family != "gemma2":  # BARE_SCRIPT sizes the KV buffer to the prompt + new tokens, below Gemma-2's window
+        proc = subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(out), json.dumps(ids[0].tolist()),
+                               str(NEW_TOKENS)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours[0].tolist()
+    with torch.no_grad():
+        expected = state.model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert _agreement(expected, ours, ids.shape[1]) >= MIN_INT8_AGREEMENT, (expected.tolist(), ours.tolist())
+    return ids
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: tied LM head and soft-capped logits
 def test_int8_with_its_own_lm_head_block_size(family: str, tmp_path: Path) -> None:
     """lm_head_group_size: the LM head's MatMulNBits alone gets the larger block; every other matmul
     keeps group_size; the folder generates with bare onnxruntime-genai as hfcompress.load does, and
     greedily like the PyTorch model."""
     import onnx
-    import torch
     from hfcompress_plugins.quantization import Quantization
 
-    import hfcompress
 
     src = make_tiny_causal_lm(family, tmp_path / "src")
     state = _load(src)
@@ -352,16 +370,7 @@ def test_int8_with_its_own_lm_head_block_size(family: str, tmp_path: Path) -> No
     head = result.changes["lm_head"]
     assert blocks[head]["block_size"] == 64 and blocks[head]["N"] == state.model.config.vocab_size
     assert {a["block_size"] for name, a in blocks.items() if name != head} == {16}
-    ids = _prompt_ids(state.tokenizer, PROMPTS[1])
-    ours = hfcompress.load(out).generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-    if family != "gemma2":  # BARE_SCRIPT sizes the KV buffer to the prompt + new tokens, below Gemma-2's window
-        proc = subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(out), json.dumps(ids[0].tolist()),
-                               str(NEW_TOKENS)], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours[0].tolist()
-    with torch.no_grad():
-        expected = state.model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-    assert _agreement(expected, ours, ids.shape[1]) >= MIN_INT8_AGREEMENT, (expected.tolist(), ours.tolist())
+    _generates_like_pytorch_and_the_bare_runtime(family, state, out)
 
 
 def _round_to_block_min_grid(model: Any, block: int) -> None:
@@ -424,17 +433,9 @@ def test_block_min_int4_runs_on_the_int4_kernel_and_keeps_a_q4_1_model(family: s
     # 3 inputs: no zero points, so ONNX Runtime keeps its int8-activation kernel (float ones leave it)
     assert {(a["bits"], a["block_size"], a["accuracy_level"], inputs) for a, inputs in int4.values()} == {(4, 16, 4, 3)}
     assert len([n for n in graph.node if n.op_type == "Add" and n.name.endswith("/AddBlockMin")]) == len(int4)
-    ids = _prompt_ids(state.tokenizer, PROMPTS[1])
-    ours = hfcompress.load(out).generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-    if family != "gemma2":  # BARE_SCRIPT sizes the KV buffer to the prompt + new tokens, below Gemma-2's window
-        proc = subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(out), json.dumps(ids[0].tolist()),
-                               str(NEW_TOKENS)], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours[0].tolist()
+    ids = _generates_like_pytorch_and_the_bare_runtime(family, state, out)
     with torch.no_grad():
-        expected = state.model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         reference = state.model(input_ids=ids).logits
-    assert _agreement(expected, ours, ids.shape[1]) >= MIN_INT8_AGREEMENT, (expected.tolist(), ours.tolist())
     got = hfcompress.load(out)(input_ids=ids).logits
     assert torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0) > 0.999
 
