@@ -79,11 +79,11 @@ def build(state: ModelState, config: QuantizationConfig, texts: list[str], work_
         details.update(_calibrate(folder, state, config, texts))
     elif config.algorithm == "block_min":
         details.update(genai_block_min.compress(folder, config.group_size))
-        details.update(dtype="int4", size_bytes=genai_runtime.onnx_size(folder))
     elif rewrite:
         assert config.lm_head_group_size is not None
         details.update(genai_blocks.requantize(folder, config.group_size, config.lm_head_group_size))
-        details.update(dtype="int8", size_bytes=genai_runtime.onnx_size(folder))
+    if rewrite:  # the builder recorded its fp32 build; the folder now holds the rounded graph
+        details.update(dtype=config.resolved_dtype(), size_bytes=genai_runtime.onnx_size(folder))
     model = genai_runtime.GenaiModel(folder, state.model.config)
     return ModelState(model, state.tokenizer, state.task, format="onnx-genai", saver=save,
                       loader=TECHNIQUE, info=step_info(state, details)), details
@@ -102,10 +102,7 @@ def _calibrate(folder: Path, state: ModelState, config: QuantizationConfig, text
         if ids.shape[1]:
             feeds.append(fp32.prefill_feed(ids, np.ones_like(ids)))
     del fp32  # its session holds the fp32 weights the rewrite replaces
-    details = genai_calibrated.compress(folder, feeds, config.group_size, config.int4_ratio)
-    details["dtype"] = "int4"
-    details["size_bytes"] = genai_runtime.onnx_size(folder)
-    return details
+    return genai_calibrated.compress(folder, feeds, config.group_size, config.int4_ratio)
 
 
 def save(state: ModelState, path: Path) -> None:
